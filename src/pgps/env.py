@@ -1,0 +1,28 @@
+"""`pgps env`: shell exports so that nnU-Net's own CLI (`nnUNetv2_train -tr nnUNetTrainerPGPS`,
+`nnUNetv2_predict`) finds the data folders and our trainers, with no edit to site-packages.
+
+    eval "$(pgps env)"
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from pgps.paths import nnunet_env
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default=None, help="data root (default: $PGPS_DATA or ./data)")
+    parser.add_argument("--mkdir", action="store_true", help="create the three nnU-Net folders")
+
+
+def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    env = nnunet_env(Path(args.data).resolve() if args.data else None)
+    for key, value in env.items():
+        if args.mkdir and key != "nnUNet_extTrainer":
+            Path(value).mkdir(parents=True, exist_ok=True)
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
