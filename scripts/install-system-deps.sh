@@ -4,6 +4,12 @@ set -euo pipefail
 pkgs=()
 command -v dockerd >/dev/null && [ -x /usr/bin/docker ] || pkgs+=(docker.io)
 command -v debootstrap >/dev/null || pkgs+=(debootstrap)
+# SLURM test cluster (scripts/slurm/): Debian's slurm + munge + accounting (slurmdbd on MariaDB-core, not the
+# full mariadb-server, which upgrades perl-base)
+for p in slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client munged:munge slurmdbd:slurmdbd \
+         mariadbd:mariadb-server-core mariadb:mariadb-client-core; do
+  command -v "${p%%:*}" >/dev/null || [ -x "/usr/sbin/${p%%:*}" ] || pkgs+=("${p#*:}")
+done
 if [ ${#pkgs[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ]; then
   echo "install-system-deps: need root to install: ${pkgs[*]} (Docker/SLURM tests will skip)" >&2
