@@ -1,0 +1,1 @@
+"""Data: the reduced synthetic task, MSD acquisition, dataset validation."""

@@ -1,0 +1,412 @@
+"""`pgps acquire` against a real HTTP server on 127.0.0.1 serving an MSD-layout tarball built here.
+
+The server (http.server in a thread) honours Range requests, records every request, and can drop the
+connection mid-body or throttle it, so resume, checksum and kill-and-rerun paths run for real. ~10 s total.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import io
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pgps.cli import main as cli
+from pgps.data.msd import MSD_MD5
+from pgps.data.validate import validate_msd_task
+
+TASK = "Task04_Hippocampus"
+PGPS = [sys.executable, "-m", "pgps.cli"]
+
+
+# ---------------------------------------------------------------- a tiny MSD task as a tarball
+def _nifti(array: np.ndarray) -> bytes:
+    """A .nii.gz file's bytes (fixed gzip mtime, so the tarball and its MD5 are the same every build)."""
+    return gzip.compress(nib.Nifti1Image(array, np.eye(4)).to_bytes(), mtime=0)
+
+
+@functools.cache
+def build_task_tar(task: str = TASK, noise_voxels: int = 48) -> tuple[bytes, dict[str, bytes]]:
+    """Uncompressed tar (as MSD ships) of ``task/``; one incompressible image makes it ~0.4 MB to throttle."""
+    rng = np.random.default_rng(0)
+    files: dict[str, bytes] = {}
+    training = []
+    for i in range(3):
+        name = f"hippocampus_{i:03d}.nii.gz"
+        shape = (noise_voxels, noise_voxels, noise_voxels) if i == 0 else (8, 8, 8)
+        files[f"imagesTr/{name}"] = _nifti(rng.normal(size=shape).astype(np.float32))
+        files[f"labelsTr/{name}"] = _nifti((rng.random(shape) > 0.7).astype(np.uint8))
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    files["imagesTs/hippocampus_100.nii.gz"] = _nifti(rng.normal(size=(8, 8, 8)).astype(np.float32))
+    dataset = {
+        "name": "Hippocampus",
+        "modality": {"0": "MRI"},
+        "labels": {"0": "background", "1": "hippocampus"},
+        "numTraining": 3,
+        "numTest": 1,
+        "relaese": "1.0 04/05/2018",  # the real Task04 typo: must not matter
+        "training": training,
+        "test": ["./imagesTs/hippocampus_100.nii.gz"],
+    }
+    files["dataset.json"] = json.dumps(dataset, indent=1).encode()
+    junk = {"imagesTr/._hippocampus_000.nii.gz": b"\x00\x05\x16\x07Mac OS X resource fork"}
+    return _tar({f"{task}/{k}": v for k, v in {**files, **junk}.items()}), files
+
+
+def _tar(members: dict[str, bytes], extra: list[tarfile.TarInfo] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for info in extra or []:
+            tf.addfile(info)
+    return buf.getvalue()
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+# ---------------------------------------------------------------- a real HTTP server with Range support
+@dataclass
+class Behaviour:
+    files: dict[str, bytes]
+    requests: list[dict[str, str | None]] = field(default_factory=list)
+    drop_after: int = 0  # bytes of body to send before closing the socket, while drops_left > 0
+    drops_left: int = 0
+    delay: float = 0.0  # seconds per 4 KiB chunk
+    honour_range: bool = True
+
+
+def _make_handler(b: Behaviour) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        timeout = 10  # a stuck client cannot hold a server thread forever
+
+        def log_message(self, *args: object) -> None:  # keep pytest output clean
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            rng = self.headers.get("Range")
+            b.requests.append({"path": self.path, "range": rng})
+            data = b.files.get(self.path.lstrip("/"))
+            if data is None:
+                self.send_error(404)
+                return
+            start = 0
+            m = re.fullmatch(r"bytes=(\d+)-", rng or "")
+            if m and b.honour_range:
+                start = int(m.group(1))
+                if start >= len(data):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(data)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            else:
+                self.send_response(200)
+            body = data[start:]
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            drop = b.drops_left > 0
+            if drop:
+                b.drops_left -= 1
+            sent = 0
+            try:
+                while sent < len(body):
+                    if drop and sent >= b.drop_after:
+                        self.wfile.flush()
+                        self.connection.shutdown(socket.SHUT_RDWR)  # mid-body: the client sees a short read
+                        self.close_connection = True
+                        return
+                    step = 4096 if not drop else min(4096, b.drop_after - sent)
+                    self.wfile.write(body[sent : sent + step])
+                    sent += step
+                    if b.delay:
+                        time.sleep(b.delay)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client was killed: expected in the kill test
+
+    return Handler
+
+
+@pytest.fixture
+def server():
+    """Yields (base_url, behaviour); stops at teardown, and by itself after 120 s whatever happens."""
+    tar, _ = build_task_tar()
+    behaviour = Behaviour(files={f"{TASK}.tar": tar})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(behaviour))
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    guard = threading.Timer(120, httpd.shutdown)
+    guard.daemon = True
+    guard.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", behaviour
+    finally:
+        guard.cancel()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def _acquire(tmp: Path, *extra: str) -> list[str]:
+    return ["acquire", TASK, "--data", str(tmp / "data"), *extra]
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def _assert_extracted(tmp: Path, tar: bytes) -> None:
+    """Every file of the tarball landed byte-identical, no resource forks, no leftovers; the task validates."""
+    _, files = build_task_tar()
+    dest = tmp / "data" / "raw" / TASK
+    for rel, data in files.items():
+        assert (dest / rel).read_bytes() == data, rel
+    assert not list(dest.rglob("._*"))
+    assert _listing(tmp / "data" / "raw") == [TASK]
+    downloads = tmp / "data" / "downloads"
+    assert md5((downloads / f"{TASK}.tar").read_bytes()) == md5(tar)
+    assert not (downloads / f"{TASK}.tar.part").exists()
+    validate_msd_task(dest)
+
+
+# ---------------------------------------------------------------- tests
+def test_download_verify_extract_then_rerun_is_a_no_op(server, tmp_path, capsys):
+    url, b = server
+    tar = b.files[f"{TASK}.tar"]
+    assert cli(_acquire(tmp_path, "--url-base", url, "--md5", md5(tar))) == 0
+    _assert_extracted(tmp_path, tar)
+    assert b.requests == [{"path": f"/{TASK}.tar", "range": None}]
+    assert cli(_acquire(tmp_path, "--url-base", url, "--md5", md5(tar))) == 0
+    assert len(b.requests) == 1, "a complete task must not be fetched again"
+    assert "already present" in capsys.readouterr().err
+
+
+def test_truncated_download_errors_then_resumes_with_range(server, tmp_path, capsys):
+    url, b = server
+    tar = b.files[f"{TASK}.tar"]
+    b.drop_after, b.drops_left = len(tar) // 3, 1
+    assert cli(_acquire(tmp_path, "--url-base", url, "--md5", md5(tar), "--retries", "0")) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    part = tmp_path / "data" / "downloads" / f"{TASK}.tar.part"
+    assert err.startswith(f"pgps acquire: error: {part}: download incomplete")
+    assert "re-run to resume" in err
+    assert part.stat().st_size == len(tar) // 3
+    assert not (tmp_path / "data" / "downloads" / f"{TASK}.tar").exists()
+    assert _listing(tmp_path / "data" / "raw") == []
+
+    assert cli(_acquire(tmp_path, "--url-base", url, "--md5", md5(tar))) == 0
+    assert [r["range"] for r in b.requests] == [None, f"bytes={len(tar) // 3}-"]
+    _assert_extracted(tmp_path, tar)
+
+
+def test_dropped_connections_resume_within_one_run(server, tmp_path):
+    url, b = server
+    tar = b.files[f"{TASK}.tar"]
+    b.drop_after, b.drops_left = 50_000, 3  # each response breaks after 50 kB
+    assert cli(_acquire(tmp_path, "--url-base", url, "--md5", md5(tar), "--retries", "3")) == 0
+    assert [r["range"] for r in b.requests] == [None, "bytes=50000-", "bytes=100000-", "bytes=150000-"]
+    _assert_extracted(tmp_path, tar)
+
+
+def test_complete_part_file_is_verified_not_refetched(server, tmp_path):
+    """Killed after the last byte but before the MD5 check: the Range request gets 416 and nothing is re-sent."""
+    url, b = server
+    tar = b.files[f"{TASK}.tar"]
+    downloads = tmp_path / "data" / "downloads"
+    downloads.mkdir(parents=True)
+    (downloads / f"{TASK}.tar.part").write_bytes(tar)
+    assert cli(_acquire(tmp_path, "--url-base", url, "--md5", md5(tar))) == 0
+    assert [r["range"] for r in b.requests] == [f"bytes={len(tar)}-"]
+    _assert_extracted(tmp_path, tar)
+
+
+def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
+    url, b = server
+    tar = b.files[f"{TASK}.tar"]
+    b.drop_after, b.drops_left, b.honour_range = 10_000, 1, False
+    assert cli(_acquire(tmp_path, "--url-base", url, "--md5", md5(tar), "--retries", "1")) == 0
+    assert [r["range"] for r in b.requests] == [None, "bytes=10000-"]  # asked, got 200, rewrote from byte 0
+    _assert_extracted(tmp_path, tar)
+
+
+def test_md5_mismatch_is_one_error_and_nothing_lands(server, tmp_path, capsys):
+    url, b = server
+    # no --md5: the published Task04 checksum is checked, and our test tarball cannot match it
+    assert cli(_acquire(tmp_path, "--url-base", url)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    part = tmp_path / "data" / "downloads" / f"{TASK}.tar.part"
+    assert err[-1] == (
+        f"pgps acquire: error: {part}: MD5 mismatch (got {md5(b.files[f'{TASK}.tar'])}, "
+        f"expected {MSD_MD5[TASK]}); the bad copy {part.name} was removed"
+    )
+    assert _listing(tmp_path / "data" / "raw") == []
+    assert [p for p in _listing(tmp_path / "data" / "downloads") if not p.endswith(".lock")] == []
+
+
+def test_killed_download_then_rerun_completes(server, tmp_path):
+    url, b = server
+    tar = b.files[f"{TASK}.tar"]
+    b.delay = 0.05  # ~100 chunks of 4 KiB: several seconds, killed after the first bytes
+    part = tmp_path / "data" / "downloads" / f"{TASK}.tar.part"
+    proc = subprocess.Popen([*PGPS, *_acquire(tmp_path, "--url-base", url, "--md5", md5(tar))], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not (part.exists() and part.stat().st_size > 20_000):
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "download never started"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(10)
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = part.stat().st_size
+    assert 0 < killed_at < len(tar)
+    assert not (tmp_path / "data" / "downloads" / f"{TASK}.tar").exists()
+    assert _listing(tmp_path / "data" / "raw") == []
+
+    b.delay = 0.0
+    done = subprocess.run([*PGPS, *_acquire(tmp_path, "--url-base", url, "--md5", md5(tar))], capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    assert b.requests[-1]["range"] == f"bytes={killed_at}-"
+    _assert_extracted(tmp_path, tar)
+
+
+KILL_DURING_EXTRACTION = """
+import os, shutil, signal, sys
+from pgps.cli import main
+real = shutil.copyfileobj
+calls = []
+def copy_then_die(*args, **kwargs):
+    real(*args, **kwargs)
+    calls.append(1)
+    if len(calls) == 3:  # three files written into the temp folder, then the process dies
+        os.kill(os.getpid(), signal.SIGKILL)
+shutil.copyfileobj = copy_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_killed_extraction_then_rerun_completes(server, tmp_path):
+    url, b = server
+    tar = b.files[f"{TASK}.tar"]
+    script = tmp_path / "die_mid_extraction.py"
+    script.write_text(KILL_DURING_EXTRACTION)
+    args = _acquire(tmp_path, "--url-base", url, "--md5", md5(tar))
+    killed = subprocess.run([sys.executable, str(script), *args], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    raw = tmp_path / "data" / "raw"
+    stale = [p for p in raw.iterdir()]
+    assert len(stale) == 1 and stale[0].name.startswith(f".{TASK}.extract-")  # partial, never under its real name
+    assert len([p for p in stale[0].rglob("*") if p.is_file()]) == 3
+
+    done = subprocess.run([*PGPS, *args], capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    assert len(b.requests) == 1, "the verified tarball is reused, not downloaded again"
+    _assert_extracted(tmp_path, tar)
+
+
+def test_source_dir_links_and_verifies_without_network(tmp_path, capsys):
+    tar, _ = build_task_tar()
+    src = tmp_path / "mine"
+    src.mkdir()
+    (src / f"{TASK}.tar").write_bytes(tar)
+    dead = "http://127.0.0.1:9"  # discard port: any download attempt would fail
+    assert cli(_acquire(tmp_path, "--source-dir", str(src), "--url-base", dead, "--md5", md5(tar))) == 0
+    _assert_extracted(tmp_path, tar)
+    assert (src / f"{TASK}.tar").read_bytes() == tar  # the user's file is untouched
+
+
+def test_source_dir_bad_checksum_keeps_users_file(tmp_path, capsys):
+    tar, _ = build_task_tar()
+    src = tmp_path / "mine"
+    src.mkdir()
+    (src / f"{TASK}.tar").write_bytes(tar)
+    assert cli(_acquire(tmp_path, "--source-dir", str(src))) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"pgps acquire: error: {src / f'{TASK}.tar'}: MD5 mismatch")
+    assert (src / f"{TASK}.tar").read_bytes() == tar
+    assert _listing(tmp_path / "data" / "raw") == []
+    assert not list((tmp_path / "data" / "downloads").glob("*.tar*"))
+
+
+def test_source_dir_without_the_tarball(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli(_acquire(tmp_path, "--source-dir", str(tmp_path / "empty"))) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"pgps acquire: error: {tmp_path / 'empty' / f'{TASK}.tar'}: not found (--source-dir must hold {TASK}.tar)"
+    )
+
+
+@pytest.mark.parametrize(
+    "evil",
+    [
+        {"name": f"{TASK}/../../escaped.txt", "type": tarfile.REGTYPE, "why": "unsafe member"},
+        {"name": "/tmp/pgps-absolute-escape.txt", "type": tarfile.REGTYPE, "why": "unsafe member"},
+        {"name": f"{TASK}/imagesTr/link.nii.gz", "type": tarfile.SYMTYPE, "why": "is a link or special file"},
+    ],
+    ids=["dotdot", "absolute", "symlink"],
+)
+def test_unsafe_tarball_is_refused(tmp_path, capsys, evil):
+    _, files = build_task_tar()
+    info = tarfile.TarInfo(evil["name"])
+    info.type = evil["type"]
+    info.linkname = "/etc/passwd" if evil["type"] == tarfile.SYMTYPE else ""
+    tar = _tar({f"{TASK}/{k}": v for k, v in files.items()}, extra=[info])
+    src = tmp_path / "mine"
+    src.mkdir()
+    (src / f"{TASK}.tar").write_bytes(tar)
+    assert cli(_acquire(tmp_path, "--source-dir", str(src), "--md5", md5(tar))) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"pgps acquire: error: {tmp_path / 'data' / 'downloads' / f'{TASK}.tar'}: ")
+    assert evil["why"] in err and repr(evil["name"]) in err
+    assert _listing(tmp_path / "data" / "raw") == []  # the temp folder is gone too
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "data" / "escaped.txt").exists()
+
+
+def test_unknown_task_and_bad_md5_are_clear_errors(tmp_path):
+    proc = subprocess.run([*PGPS, "acquire", "Task99_Nope", "--data", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("pgps acquire: error: unknown task 'Task99_Nope': known tasks are Task01_BrainTumour")
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert cli(["acquire", "../evil", "--data", str(tmp_path), "--md5", "0" * 32]) == 2
+    assert cli(["acquire", TASK, "--data", str(tmp_path), "--md5", "xyz"]) == 2
+    assert not (tmp_path / "raw").exists()
+
+
+def test_synthetic_task_is_generated_not_downloaded(tmp_path):
+    assert cli(["acquire", "Task901_PGPSSynth", "--data", str(tmp_path), "--seed", "3"]) == 0
+    task = tmp_path / "raw" / "Task901_PGPSSynth"
+    validate_msd_task(task)
+    assert json.loads((task / "dataset.json").read_text())["numTraining"] > 0
+    assert not (tmp_path / "downloads").exists()
+
+
+def test_published_checksums_are_well_formed():
+    assert len(MSD_MD5) == 10 and all(re.fullmatch(r"[0-9a-f]{32}", v) for v in MSD_MD5.values())
+    assert [int(k[4:6]) for k in MSD_MD5] == list(range(1, 11))
