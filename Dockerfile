@@ -1,0 +1,69 @@
+# PGPS for nnU-Net v2.8: CUDA image with a `reproduce` entry point (see docker/entrypoint.sh).
+# CUDA comes from the pinned PyPI torch wheel (CUDA 13.0 runtime, cuDNN, NCCL as nvidia-* wheels), so any Debian
+# bookworm base works; CI builds from a debootstrapped local/debian:bookworm (no registry needed):
+#   DOCKER_BUILDKIT=1 docker build --network host --secret id=pip_ca,src=/etc/ssl/certs/ca-certificates.crt \
+#     --build-arg BASE_IMAGE=local/debian:bookworm -t pgps:latest .      (or simply: pgps docker build)
+# Layers go slow-to-fast: system packages, pinned dependencies (~6 GB, pip cache mount), then the project source.
+ARG BASE_IMAGE=debian:bookworm-slim
+FROM ${BASE_IMAGE}
+
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG SOURCE=unknown
+LABEL org.opencontainers.image.title="pgps" \
+      org.opencontainers.image.description="Progressive Growing of Patch Size (PGPS) for nnU-Net v2.8: trainers, DVC pipeline, reproduce entry point" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}"
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# Debian bookworm's python3 is CPython 3.11, the version the lock is for. Package versions follow the base
+# image's snapshot (a Debian stable point release), so they are not pinned one by one.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates tini \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3 -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
+ && useradd --uid 1000 --create-home --shell /bin/bash pgps \
+ && install -d -o pgps -g pgps /workspace
+
+# Pinned dependencies only (no project source yet), so a code change does not reinstall torch.
+# pip_ca: optional build secret with a CA bundle for TLS-intercepting proxies; it never lands in a layer.
+COPY requirements.lock pyproject.toml /tmp/pgps-deps/
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+ && python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --disable-pip-version-check pip==24.3.1 \
+ && mapfile -t deps < <(python3 -c 'import tomllib; print(*tomllib.load(open("/tmp/pgps-deps/pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")') \
+ && /opt/venv/bin/pip install --disable-pip-version-check -c /tmp/pgps-deps/requirements.lock "${deps[@]}" \
+ && rm -rf /tmp/pgps-deps
+
+ENV PATH=/opt/venv/bin:${PATH} \
+    PYTHONUNBUFFERED=1 \
+    MPLBACKEND=Agg \
+    HOME=/home/pgps \
+    PGPS_DATA=/workspace/data \
+    nnUNet_raw=/workspace/data/nnUNet_raw \
+    nnUNet_preprocessed=/workspace/data/nnUNet_preprocessed \
+    nnUNet_results=/workspace/data/nnUNet_results \
+    nnUNet_extTrainer=/opt/venv/lib/python3.11/site-packages/pgps/trainers \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    NVIDIA_REQUIRE_CUDA="cuda>=13.0"
+
+# The project itself (no dependency resolution: everything is installed above) and the pipeline files that
+# `reproduce` copies into the workspace.
+COPY docker/entrypoint.sh /usr/local/bin/pgps-entrypoint
+COPY . /opt/pgps/
+RUN /opt/venv/bin/pip install --disable-pip-version-check --no-deps --no-build-isolation --no-cache-dir /opt/pgps \
+ && rm -rf /opt/pgps/build /opt/pgps/src/*.egg-info \
+ && python -c 'import pgps.cli'
+
+USER 1000:1000
+WORKDIR /workspace
+VOLUME ["/workspace"]
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/pgps-entrypoint"]
+CMD ["help"]
