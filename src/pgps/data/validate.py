@@ -93,13 +93,18 @@ def detect_layout(folder: Path | str) -> str:
 
 
 # ------------------------------------------------------------------ one NIfTI file
+def _one_line(exc: BaseException) -> str:
+    """nibabel's messages span lines; the CLI promises one."""
+    return " ".join(str(exc).split())
+
+
 def _load(path: str) -> Any:
     import nibabel as nib
 
     try:
         img = nib.load(path)
     except Exception as exc:  # nibabel raises many types for a damaged file; all mean the same to a user
-        raise PGPSError(f"{path}: not a readable NIfTI ({type(exc).__name__}: {exc})") from None
+        raise PGPSError(f"{path}: not a readable NIfTI ({type(exc).__name__}: {_one_line(exc)})") from None
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise PGPSError(f"{path}: not a NIfTI image (nibabel reads it as {type(img).__name__})")
     return img
@@ -109,7 +114,7 @@ def _data(img: Any, path: str) -> np.ndarray:
     try:
         return np.asarray(img.dataobj)
     except Exception as exc:  # truncated gzip, short file: the header parsed but the voxels do not
-        raise PGPSError(f"{path}: not a readable NIfTI (voxel data: {type(exc).__name__}: {exc})") from None
+        raise PGPSError(f"{path}: not a readable NIfTI (voxel data: {type(exc).__name__}: {_one_line(exc)})") from None
 
 
 def _spacing(img: Any) -> np.ndarray:
