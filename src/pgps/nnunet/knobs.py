@@ -1,0 +1,70 @@
+"""The training budget, read from environment variables because nnU-Net's CLI passes no
+arguments to a trainer; one knob set replaces the official code's per-budget classes."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+from pgps.errors import PGPSError
+
+DEFAULTS: dict[str, str] = {
+    "PGPS_NUM_EPOCHS": "1000",
+    "PGPS_ITERS_PER_EPOCH": "250",
+    "PGPS_VAL_ITERS": "50",
+    "PGPS_SEED": "0",
+    "PGPS_CODECARBON": "off",
+    "PGPS_DRY_RUN": "auto",
+    "PGPS_SAVE_EVERY": "1",
+}
+
+
+@dataclass(frozen=True)
+class Knobs:
+    num_epochs: int
+    iters_per_epoch: int
+    val_iters: int
+    seed: int
+    codecarbon: str  # "off" or an ISO 3166 alpha-3 country code
+    dry_run: str  # on | off | auto
+    save_every: int  # checkpoint_latest every N epochs (1: a crash loses at most one epoch)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _int(env: Mapping[str, str], name: str, minimum: int, what: str) -> int:
+    raw = env.get(name, DEFAULTS[name]).strip()
+    try:
+        value = int(raw)
+    except ValueError:
+        raise PGPSError(f"{name}={raw!r}: {what} must be an integer >= {minimum}") from None
+    if value < minimum:
+        raise PGPSError(f"{name}={raw!r}: {what} must be an integer >= {minimum}")
+    return value
+
+
+def read_knobs(env: Mapping[str, str] | None = None) -> Knobs:
+    """Parse and check every knob; the first invalid one raises a PGPSError naming it."""
+    env = os.environ if env is None else env
+    carbon = env.get("PGPS_CODECARBON", DEFAULTS["PGPS_CODECARBON"]).strip()
+    if carbon.lower() == "off" or carbon == "":
+        carbon = "off"
+    elif re.fullmatch(r"[A-Za-z]{3}", carbon):
+        carbon = carbon.upper()
+    else:
+        raise PGPSError(f"PGPS_CODECARBON={carbon!r}: use 'off' or a 3-letter ISO country code such as DEU")
+    dry = env.get("PGPS_DRY_RUN", DEFAULTS["PGPS_DRY_RUN"]).strip().lower()
+    if dry not in ("on", "off", "auto"):
+        raise PGPSError(f"PGPS_DRY_RUN={dry!r}: use on, off or auto (auto = on for CUDA devices)")
+    return Knobs(
+        num_epochs=_int(env, "PGPS_NUM_EPOCHS", 1, "the number of epochs"),
+        iters_per_epoch=_int(env, "PGPS_ITERS_PER_EPOCH", 1, "training iterations per epoch"),
+        val_iters=_int(env, "PGPS_VAL_ITERS", 1, "validation iterations per epoch"),
+        seed=_int(env, "PGPS_SEED", 0, "the seed"),
+        codecarbon=carbon,
+        dry_run=dry,
+        save_every=_int(env, "PGPS_SAVE_EVERY", 1, "the checkpoint interval in epochs"),
+    )

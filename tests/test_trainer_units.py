@@ -1,0 +1,128 @@
+"""Fast checks of the trainer layer's pure parts (no training): knobs, plan geometry, DDP
+split, atomic writes, the 1-voxel-safe instance norm. Runtime: ~2 s."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from pgps.errors import PGPSError
+from pgps.nnunet.atomic import atomic_write, atomic_write_json
+from pgps.nnunet.geometry import poolings_from_strides, rank_batch_sizes, rank_oversample
+from pgps.nnunet.knobs import read_knobs
+from pgps.nnunet.norm import make_instance_norm_one_voxel_safe
+
+
+def test_knob_defaults_match_design() -> None:
+    k = read_knobs({})
+    assert (k.num_epochs, k.iters_per_epoch, k.val_iters, k.seed) == (1000, 250, 50, 0)
+    assert (k.codecarbon, k.dry_run, k.save_every) == ("off", "auto", 1)
+
+
+def test_knobs_parse_values() -> None:
+    k = read_knobs({"PGPS_NUM_EPOCHS": "7", "PGPS_CODECARBON": "deu", "PGPS_DRY_RUN": "ON", "PGPS_SEED": "3"})
+    assert (k.num_epochs, k.codecarbon, k.dry_run, k.seed) == (7, "DEU", "on", 3)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "needle"),
+    [
+        ("PGPS_NUM_EPOCHS", "0", "PGPS_NUM_EPOCHS='0': the number of epochs must be an integer >= 1"),
+        ("PGPS_NUM_EPOCHS", "ten", "PGPS_NUM_EPOCHS='ten'"),
+        ("PGPS_ITERS_PER_EPOCH", "-3", "PGPS_ITERS_PER_EPOCH='-3'"),
+        ("PGPS_VAL_ITERS", "1.5", "PGPS_VAL_ITERS='1.5'"),
+        ("PGPS_SEED", "-1", "PGPS_SEED='-1': the seed must be an integer >= 0"),
+        ("PGPS_CODECARBON", "Germany", "PGPS_CODECARBON='Germany': use 'off' or a 3-letter ISO country code"),
+        ("PGPS_DRY_RUN", "maybe", "PGPS_DRY_RUN='maybe': use on, off or auto"),
+        ("PGPS_SAVE_EVERY", "0", "PGPS_SAVE_EVERY='0'"),
+    ],
+)
+def test_bad_knob_is_one_clear_error(name: str, value: str, needle: str) -> None:
+    with pytest.raises(PGPSError) as err:
+        read_knobs({name: value})
+    assert needle in str(err.value)
+
+
+def test_poolings_counted_from_strides() -> None:
+    # default 3d_fullres plan of a 48x80x64 task and an anisotropic one
+    assert poolings_from_strides([[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]], 3) == (3, 4, 4)
+    assert poolings_from_strides([[1, 1, 1], [1, 2, 2], [2, 2, 2]], 3) == (1, 2, 2)
+    # ResEnc / older plans may store an int per stage
+    assert poolings_from_strides([1, 2, 2, 2], 2) == (3, 3)
+
+
+def test_strides_other_than_1_or_2_are_refused() -> None:
+    with pytest.raises(PGPSError, match="stride 3 on axis 1 of stage 1"):
+        poolings_from_strides([[1, 1], [2, 3]], 2, "plans.json")
+    with pytest.raises(PGPSError, match="does not have 3 axes"):
+        poolings_from_strides([[1, 1]], 3)
+
+
+def test_rank_batch_split_examples() -> None:
+    assert rank_batch_sizes(2, 1) == [2]
+    assert rank_batch_sizes(5, 2) == [3, 2]
+    assert rank_batch_sizes(128, 3) == [43, 43, 42]
+    with pytest.raises(PGPSError, match="smaller than the number of GPUs"):
+        rank_batch_sizes(2, 4)
+
+
+@given(st.integers(1, 300), st.integers(1, 8))
+def test_rank_batch_split_properties(batch: int, world: int) -> None:
+    if batch < world:
+        return
+    sizes = rank_batch_sizes(batch, world)
+    assert sum(sizes) == batch and len(sizes) == world
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+@given(st.integers(1, 64), st.integers(1, 4), st.sampled_from([0.33, 0.5]))
+def test_rank_oversample_reproduces_global_share(batch: int, world: int, share: float) -> None:
+    """Summed over ranks, the forced samples equal nnU-Net's count for the global batch."""
+    if batch < world:
+        return
+    sizes = rank_batch_sizes(batch, world)
+    forced = sum(rank_oversample(batch, world, r, share) * sizes[r] for r in range(world))
+    expected = batch - round(batch * (1 - share))
+    assert abs(forced - expected) <= world  # nnU-Net rounds each rank's share to 0/1 at the edges
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path) -> None:
+    target = tmp_path / "f.json"
+    atomic_write_json(target, {"a": 1})
+
+    def boom(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            fh.write("{half")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, boom)
+    assert target.read_text() == '{\n "a": 1\n}\n'
+    assert os.listdir(tmp_path) == ["f.json"]  # no temp file left behind
+    assert oct(target.stat().st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
+
+
+def test_stock_instance_norm_fails_on_one_voxel_safe_twin_does_not() -> None:
+    x = torch.randn(2, 4, 1, 1, 1, requires_grad=True)
+    stock = nn.InstanceNorm3d(4, affine=True)
+    with torch.no_grad():
+        stock.bias.copy_(torch.arange(4.0))
+    stock.train()
+    with pytest.raises(ValueError, match="more than 1 spatial element"):
+        stock(x)
+    net = nn.Sequential(nn.Conv3d(4, 4, 1), stock)
+    assert make_instance_norm_one_voxel_safe(net) == 1
+    out = net[1](x)
+    assert torch.equal(out, torch.arange(4.0).view(1, 4, 1, 1, 1).expand(2, 4, 1, 1, 1))
+    out.sum().backward()  # trainable: the bias gets a gradient
+    assert torch.equal(net[1].bias.grad, torch.full((4,), 2.0))
+    # bigger maps: identical to stock instance norm
+    y = torch.randn(2, 4, 3, 2, 2)
+    ref = nn.InstanceNorm3d(4, affine=True)
+    ref.load_state_dict(net[1].state_dict())
+    assert torch.allclose(net[1](y), ref(y))
