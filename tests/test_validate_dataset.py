@@ -502,6 +502,12 @@ def test_layout_cannot_be_told(tmp_path, capsys):
     expect_error(capsys, folder, folder / "dataset.json", "cannot tell an MSD task")
 
 
+def test_bad_workers_value(tmp_path, capsys):
+    task = make_msd(tmp_path)
+    assert cli(["validate-dataset", str(task), "--workers", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "pgps validate-dataset: error: --workers must be >= 1, got 0"
+
+
 def test_api_raises_pgps_error(tmp_path):
     from pgps.errors import PGPSError
 

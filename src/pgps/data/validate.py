@@ -209,10 +209,20 @@ def _case_problem(case: Case, channels: int, declared: frozenset[int], four_d: b
     return None
 
 
-def check_cases(cases: list[Case], channels: int, declared: frozenset[int], four_d: bool, workers: int) -> None:
+AUTO_POOL_BYTES = 256 << 20  # below this, starting worker processes (~1.5 s) costs more than reading serially
+
+
+def _auto_workers(cases: list[Case]) -> int:
+    """One process for small datasets; up to 4 when there are hundreds of MB to decompress."""
+    size = sum(os.path.getsize(p) for c in cases for p in (*c.images, c.label))
+    return min(4, os.cpu_count() or 1) if size > AUTO_POOL_BYTES else 1
+
+
+def check_cases(cases: list[Case], channels: int, declared: frozenset[int], four_d: bool, workers: int | None) -> None:
     """Read every case (in parallel for big datasets); report the first problem in case order, plus a count."""
     args = [(c, channels, declared, four_d) for c in cases]
-    if workers > 1 and len(cases) >= 2 * workers:
+    workers = _auto_workers(cases) if workers is None else workers
+    if workers > 1 and len(cases) > 1:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             problems = list(pool.map(_case_problem, *zip(*args, strict=True), chunksize=2))
     else:
@@ -263,7 +273,7 @@ def _msd_labels(labels: Any, path: Path) -> frozenset[int]:
     return values
 
 
-def check_msd_task(folder: Path | str, workers: int = 1) -> str:
+def check_msd_task(folder: Path | str, workers: int | None = None) -> str:
     """Validate an MSD-layout task; returns a one-line summary. Raises PGPSError on the first problem."""
     folder = Path(folder)
     data = load_dataset_json(folder)
@@ -419,7 +429,7 @@ def _nnunet_cases_from_json(folder: Path, dataset: Any, channels: int, jpath: Pa
     return cases
 
 
-def check_nnunet_raw(folder: Path | str, workers: int = 1) -> str:
+def check_nnunet_raw(folder: Path | str, workers: int | None = None) -> str:
     """Validate an nnU-Net v2 raw dataset; returns a one-line summary. Raises PGPSError on the first problem."""
     folder = Path(folder)
     data = load_dataset_json(folder)
@@ -449,12 +459,12 @@ def check_nnunet_raw(folder: Path | str, workers: int = 1) -> str:
 
 
 # ------------------------------------------------------------------ public API and CLI
-def validate_msd_task(path: Path | str, workers: int = 1) -> None:
+def validate_msd_task(path: Path | str, workers: int | None = None) -> None:
     """Raise PGPSError naming the file and the problem if the MSD-layout task at ``path`` is unusable."""
     check_msd_task(path, workers)
 
 
-def validate_nnunet_raw(path: Path | str, workers: int = 1) -> None:
+def validate_nnunet_raw(path: Path | str, workers: int | None = None) -> None:
     """Raise PGPSError naming the file and the problem if the nnU-Net raw dataset at ``path`` is unusable."""
     check_nnunet_raw(path, workers)
 
@@ -470,13 +480,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=min(4, os.cpu_count() or 1),
-        help="processes reading images (default: min(4, CPUs))",
+        default=None,
+        help="processes reading images (default: 1, or min(4, CPUs) above 256 MB of images)",
     )
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise PGPSError(f"--workers must be >= 1, got {args.workers}")
     layout = detect_layout(args.path) if args.layout == "auto" else args.layout
     check = check_msd_task if layout == "msd" else check_nnunet_raw
