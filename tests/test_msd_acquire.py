@@ -226,7 +226,8 @@ def test_dropped_connections_resume_within_one_run(server, tmp_path):
     url, b = server
     tar = b.files[f"{TASK}.tar"]
     b.drop_after, b.drops_left = 50_000, 3  # each response breaks after 50 kB
-    assert cli(_acquire(tmp_path, "--url-base", url, "--md5", md5(tar), "--retries", "3")) == 0
+    # --retries 1 suffices: the budget counts attempts in a row that made no progress
+    assert cli(_acquire(tmp_path, "--url-base", url, "--md5", md5(tar), "--retries", "1")) == 0
     assert [r["range"] for r in b.requests] == [None, "bytes=50000-", "bytes=100000-", "bytes=150000-"]
     _assert_extracted(tmp_path, tar)
 
@@ -387,6 +388,23 @@ def test_unsafe_tarball_is_refused(tmp_path, capsys, evil):
     assert evil["why"] in err and repr(evil["name"]) in err
     assert _listing(tmp_path / "data" / "raw") == []  # the temp folder is gone too
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "data" / "escaped.txt").exists()
+
+
+def test_http_error_is_one_line(server, tmp_path, capsys):
+    url, _ = server
+    assert cli(["acquire", "Task09_Spleen", "--data", str(tmp_path), "--url-base", url]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"pgps acquire: error: {url}/Task09_Spleen.tar: HTTP 404 Not Found"
+    )
+    assert not (tmp_path / "raw").exists()
+
+
+def test_unreachable_mirror_gives_up_without_progress(tmp_path, capsys):
+    dead = "http://127.0.0.1:9"
+    assert cli(["acquire", TASK, "--data", str(tmp_path), "--url-base", dead, "--retries", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"pgps acquire: error: download failed after 2 attempt(s) without progress: {dead}/")
+    assert "Connection refused" in err[-1]
 
 
 def test_unknown_task_and_bad_md5_are_clear_errors(tmp_path):

@@ -148,7 +148,8 @@ def _fetch_once(url: str, part: Path, timeout: float) -> int | None:
 
 
 def download(url: str, part: Path, retries: int, timeout: float) -> None:
-    """Fetch ``url`` into ``part``, resuming after every interruption, up to ``retries`` times."""
+    """Fetch ``url`` into ``part``, resuming after each interruption; gives up after ``retries`` attempts in a
+    row that brought no new bytes (a flaky link that keeps making progress on a 27 GB file is not a failure)."""
     attempt = 0
     while True:
         have = part.stat().st_size if part.exists() else 0
@@ -157,11 +158,13 @@ def download(url: str, part: Path, retries: int, timeout: float) -> None:
             _fetch_once(url, part, timeout)
             return
         except _Interrupted as exc:
+            if part.exists() and part.stat().st_size > have:
+                attempt = 0  # progress: the retry budget is for attempts that get nowhere
             if attempt >= retries:
                 if part.exists() and part.stat().st_size:
                     msg = f"{part}: download incomplete ({exc}); re-run to resume from the partial file"
                 else:
-                    msg = f"download failed after {attempt + 1} attempt(s): {exc}"
+                    msg = f"download failed after {attempt + 1} attempt(s) without progress: {exc}"
                 raise PGPSError(msg) from None
             attempt += 1
             wait = min(0.25 * 2.0 ** (attempt - 1), 30.0)
@@ -333,7 +336,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url-base", default=DEFAULT_URL_BASE, help=f"mirror (default {DEFAULT_URL_BASE})")
     parser.add_argument("--md5", default=None, help="expected MD5 (default: the published one; needed for other tasks)")
     parser.add_argument("--force", action="store_true", help="extract again even if data/raw/TASK exists")
-    parser.add_argument("--retries", type=int, default=5, help="resume attempts after a dropped connection")
+    parser.add_argument(
+        "--retries", type=int, default=5, help="retries in a row without progress before giving up (default 5)"
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds without data before a retry")
     parser.add_argument("--seed", type=int, default=0, help="seed of a synthetic task")
 
