@@ -365,6 +365,22 @@ def test_orientation_mismatch(tmp_path, capsys, layout):
     expect_error(capsys, folder, image, f"orientation LAS (affine direction) does not match its label {label} RAS")
 
 
+def test_small_rotation_is_an_orientation_mismatch(tmp_path, capsys):
+    """10 degrees about z keeps the axis codes (RAS) but misaligns image and label."""
+    task = make_msd(tmp_path)
+    image, label = _files(task, "msd")
+    c, s = np.cos(np.radians(10)), np.sin(np.radians(10))
+    rot = np.array([[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    write_nifti(image, _image(np.random.default_rng(0), SHAPE), rot)
+    expect_error(
+        capsys,
+        task,
+        image,
+        f"orientation RAS (affine direction) does not match its label {label} RAS, direction "
+        f"cosines differ by up to {s:.3g}",
+    )
+
+
 @LAYOUTS
 def test_undeclared_label_value(tmp_path, capsys, layout):
     folder = BUILD[layout](tmp_path)

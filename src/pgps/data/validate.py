@@ -191,9 +191,14 @@ def check_case(case: Case, channels: int, declared: frozenset[int], four_d: bool
                 f"{path}: spacing {_fmt(_spacing(img))} does not match its label {case.label} {_fmt(_spacing(label))}"
             )
         if not np.allclose(_direction(img), _direction(label), atol=DIRECTION_ATOL):
+            codes, label_codes = _axcodes(img), _axcodes(label)
+            detail = ""
+            if codes == label_codes:  # same nearest axes, yet rotated: say by how much
+                diff = float(np.abs(_direction(img) - _direction(label)).max())
+                detail = f", direction cosines differ by up to {diff:.3g}"
             raise PGPSError(
-                f"{path}: orientation {_axcodes(img)} (affine direction) does not match its label {case.label} "
-                f"{_axcodes(label)}"
+                f"{path}: orientation {codes} (affine direction) does not match its label {case.label} "
+                f"{label_codes}{detail}"
             )
     _check_label_values(label, case.label, declared)
     for path, img in zip(case.images, images, strict=True):
