@@ -6,6 +6,7 @@ connection mid-body or throttle it, so resume, checksum and kill-and-rerun paths
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import gzip
 import hashlib
@@ -352,6 +353,39 @@ def test_source_dir_bad_checksum_keeps_users_file(tmp_path, capsys):
     assert (src / f"{TASK}.tar").read_bytes() == tar
     assert _listing(tmp_path / "data" / "raw") == []
     assert not list((tmp_path / "data" / "downloads").glob("*.tar*"))
+
+
+def test_tarball_placed_in_downloads_is_verified_and_used(tmp_path, capsys):
+    """params.yaml tells users they may link their tarball into data/downloads: it is checked, never trusted."""
+    tar, _ = build_task_tar()
+    mine = tmp_path / "elsewhere" / f"{TASK}.tar"
+    mine.parent.mkdir()
+    mine.write_bytes(tar[:-512] + b"\x01" * 512)  # damaged copy
+    downloads = tmp_path / "data" / "downloads"
+    downloads.mkdir(parents=True)
+    (downloads / f"{TASK}.tar").symlink_to(mine)
+    dead = "http://127.0.0.1:9"
+    assert cli(_acquire(tmp_path, "--url-base", dead, "--md5", md5(tar))) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"pgps acquire: error: {downloads / f'{TASK}.tar'}: MD5 mismatch (got ")
+    assert err.endswith("replace the file, or delete it to download")
+    assert mine.exists() and _listing(tmp_path / "data" / "raw") == []  # user's file kept, nothing extracted
+    mine.write_bytes(tar)  # repaired: now it is used without any download
+    assert cli(_acquire(tmp_path, "--url-base", dead, "--md5", md5(tar))) == 0
+    _assert_extracted(tmp_path, tar)
+
+
+def test_concurrent_acquire_of_the_same_task_is_refused(server, tmp_path, capsys):
+    url, b = server
+    downloads = tmp_path / "data" / "downloads"
+    downloads.mkdir(parents=True)
+    with open(downloads / f".{TASK}.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a second `pgps acquire` would hold it
+        assert cli(_acquire(tmp_path, "--url-base", url, "--md5", md5(b.files[f"{TASK}.tar"]))) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"pgps acquire: error: {downloads / TASK}: another `pgps acquire {TASK}` is running"
+    )
+    assert b.requests == [] and not (downloads / f"{TASK}.tar.part").exists()
 
 
 def test_source_dir_without_the_tarball(tmp_path, capsys):

@@ -299,9 +299,12 @@ def acquire(
         _remove_stale(raw, task)
         tarball = downloads / f"{task}.tar"
         part = downloads / f"{task}.tar.part"
-        if tarball.exists() and file_md5(tarball).hexdigest() != want:
-            print(f"{tarball}: MD5 does not match {want}; fetching it again", file=sys.stderr)
-            tarball.unlink()
+        if tarball.exists():  # ours are renamed only after verification, so a bad one was put there by hand
+            got = file_md5(tarball).hexdigest()
+            if got != want:
+                raise PGPSError(
+                    f"{tarball}: MD5 mismatch (got {got}, expected {want}); replace the file, or delete it to download"
+                )
         if not tarball.exists():
             if source_dir is not None:
                 source = source_dir / f"{task}.tar"
