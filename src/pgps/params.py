@@ -60,7 +60,6 @@ TOP_LEVEL_KEYS = (
     "device",
     "seed",
     "codecarbon_country",
-    "acquire",
     "plan",
     "runtime",
     "budget",
@@ -100,7 +99,6 @@ class Params:
     device: str
     seed: int
     codecarbon_country: str
-    acquire: dict[str, Any]
     configuration: str
     num_processes: int
     runtime: dict[str, Any]
@@ -219,13 +217,6 @@ def parse_params(tree: dict[str, Any], path: Path) -> Params:
     if country != "off" and not (isinstance(country, str) and _COUNTRY.match(country)):
         raise c.fail("codecarbon_country", f"must be an ISO 3166-1 alpha-3 code such as DEU, or off; got {country!r}")
 
-    acquire = c.mapping(tree, "acquire", allowed=("source_dir", "synthetic_num_train", "synthetic_num_test"))
-    source_dir = c.required(acquire, "source_dir", "acquire.")
-    if not isinstance(source_dir, str):
-        raise c.fail("acquire.source_dir", f"must be a folder path or an empty string, got {source_dir!r}")
-    c.integer(acquire, "synthetic_num_train", "acquire.", minimum=2)
-    c.integer(acquire, "synthetic_num_test", "acquire.", minimum=0)
-
     plan = c.mapping(tree, "plan", allowed=("configuration", "num_processes"))
     configuration = c.choice(plan, "configuration", CONFIGURATIONS, "plan.")
     num_processes = c.integer(plan, "num_processes", "plan.", minimum=1)
@@ -267,7 +258,6 @@ def parse_params(tree: dict[str, Any], path: Path) -> Params:
         device=device,
         seed=seed,
         codecarbon_country=country,
-        acquire=dict(acquire),
         configuration=configuration,
         num_processes=num_processes,
         runtime=dict(runtime),

@@ -1,0 +1,1 @@
+"""DVC stage verbs: ``convert``, ``plan``, ``train``, ``evaluate``, ``reproduce`` (one module each)."""

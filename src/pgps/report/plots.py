@@ -1,0 +1,135 @@
+"""PNG plots (matplotlib, headless) and the CSV tables DVC renders as interactive plots.
+
+Learning curves (pseudo Dice vs epoch and vs wall time), the curriculum (voxels per training sample vs epoch)
+and runtime / CO2 bars, one colour per run, the baseline always drawn black so it is found at a glance.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from pgps.pipeline import atomic
+
+PNGS = ("learning_curves.png", "curriculum.png", "runtime_co2.png")
+
+
+def _mean_curve(folds: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """Average a per-epoch quantity over folds (folds share the epoch grid)."""
+    by_epoch: dict[int, list[float]] = defaultdict(list)
+    for f in folds:
+        for p in f["curve"]:
+            by_epoch[p["epoch"]].append(p[key])
+    epochs = sorted(by_epoch)
+    return epochs, [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs]
+
+
+def _colors(names: list[str], baseline: str) -> dict[str, Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    others = [n for n in names if n != baseline]
+    colors = {n: cmap(i % 10) for i, n in enumerate(others)}
+    colors[baseline] = "black"
+    return colors
+
+
+def _save(fig: Any, path: Path) -> None:
+    with atomic.atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+
+
+def render_pngs(runs: dict[str, dict[str, list[dict[str, Any]]]], metrics: dict[str, Any], baseline: str,
+                out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(runs)
+    names = list(next(iter(runs.values())))
+    colors = _colors(names, baseline)
+    style = {"linewidth": 2, "marker": "o", "markersize": 4}
+
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 4 * len(tasks)), squeeze=False)
+    for row, task in enumerate(tasks):
+        for name, folds in runs[task].items():
+            epochs, dice = _mean_curve(folds, "pseudo_dice")
+            _, elapsed = _mean_curve(folds, "elapsed_s")
+            axes[row][0].plot(epochs, dice, color=colors[name], label=name, **style)
+            axes[row][1].plot(elapsed, dice, color=colors[name], label=name, **style)
+        axes[row][0].set(title=f"{task}: pseudo Dice vs epoch", xlabel="epoch", ylabel="pseudo Dice (fg mean)")
+        axes[row][1].set(title=f"{task}: pseudo Dice vs wall time", xlabel="training wall time (s)",
+                         ylabel="pseudo Dice (fg mean)")
+        for ax in axes[row]:
+            ax.grid(alpha=0.3)
+            ax.legend(title="run")
+    _save(fig, out / "learning_curves.png")
+    plt.close(fig)
+
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(8, 4 * len(tasks)), squeeze=False)
+    for row, task in enumerate(tasks):
+        ax = axes[row][0]
+        for name, folds in runs[task].items():
+            epochs, voxels = _mean_curve(folds, "patch_voxels")
+            ax.step(epochs, voxels, where="post", color=colors[name], label=name, linewidth=2)
+        ax.set(title=f"{task}: curriculum (voxels per training sample)", xlabel="epoch",
+               ylabel="voxels per sample (epoch mean)")
+        ax.grid(alpha=0.3)
+        ax.legend(title="run")
+    _save(fig, out / "curriculum.png")
+    plt.close(fig)
+
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 0.6 * len(names) * len(tasks) + 2.5), squeeze=False)
+    for row, task in enumerate(tasks):
+        rows = metrics["tasks"][task]
+        labels = list(rows)
+        for col, (key, title) in enumerate((("train_time_s", "training time (s)"), ("co2_kg", "kg CO2eq"))):
+            ax = axes[row][col]
+            values = [rows[n][key] or 0.0 for n in labels]
+            bars = ax.barh(labels, values, color=[colors[n] for n in labels])
+            ax.bar_label(bars, labels=[_bar_label(rows[n], key, n == baseline) for n in labels], padding=3)
+            ax.set(title=f"{task}: {title}", xlabel=title)
+            ax.invert_yaxis()
+            ax.set_xlim(0, max(values + [1e-12]) * 1.35)
+            ax.grid(axis="x", alpha=0.3)
+    _save(fig, out / "runtime_co2.png")
+    plt.close(fig)
+    return list(PNGS)
+
+
+def _bar_label(row: dict[str, Any], key: str, is_baseline: bool) -> str:
+    value = row[key]
+    if value is None:
+        return "not tracked"
+    text = f"{value:.1f}" if key == "train_time_s" else f"{value:.2e}"
+    ratio = row.get("time_ratio" if key == "train_time_s" else "co2_ratio")
+    if is_baseline:
+        return text + " (baseline)"
+    return text + (f" (x{ratio:.2f})" if ratio is not None else "")
+
+
+def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_plot_data(runs: dict[str, dict[str, list[dict[str, Any]]]], metrics: dict[str, Any], out: Path) -> None:
+    """CSV files DVC's `plots` section renders (`dvc plots show`)."""
+    curve_cols = ["task", "run", "fold", "epoch", "stage", "elapsed_s", "pseudo_dice", "ema_pseudo_dice",
+                  "patch_voxels", "batch_size", "train_loss", "val_loss"]
+    curve_rows = [
+        {"task": task, "run": name, "fold": f["fold"], **{c: p[c] for c in curve_cols[3:]}}
+        for task, by_run in runs.items() for name, folds in by_run.items() for f in folds for p in f["curve"]
+    ]
+    atomic.write_text(out / "learning_curves.csv", _csv(curve_rows, curve_cols))
+    bar_cols = ["task", "run", "train_time_s", "energy_kwh", "co2_kg", "dice_mean"]
+    bar_rows = [{"task": task, "run": name, **{c: r[c] for c in bar_cols[2:]}}
+                for task, rows in metrics["tasks"].items() for name, r in rows.items()]
+    atomic.write_text(out / "runtime_co2.csv", _csv(bar_rows, bar_cols))
