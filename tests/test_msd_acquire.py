@@ -256,6 +256,10 @@ def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
 
 def test_md5_mismatch_is_one_error_and_nothing_lands(server, tmp_path, capsys):
     url, b = server
+    other = tmp_path / "data" / "raw" / "Task09_Spleen" / "dataset.json"  # a task acquired earlier
+    other.parent.mkdir(parents=True)
+    other.write_text("{}")
+    before = [(p, p.stat().st_mtime_ns) for p in sorted((tmp_path / "data" / "raw").rglob("*"))]
     # no --md5: the published Task04 checksum is checked, and our test tarball cannot match it
     assert cli(_acquire(tmp_path, "--url-base", url)) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -264,7 +268,8 @@ def test_md5_mismatch_is_one_error_and_nothing_lands(server, tmp_path, capsys):
         f"pgps acquire: error: {part}: MD5 mismatch (got {md5(b.files[f'{TASK}.tar'])}, "
         f"expected {MSD_MD5[TASK]}); the bad copy {part.name} was removed"
     )
-    assert _listing(tmp_path / "data" / "raw") == []
+    assert [(p, p.stat().st_mtime_ns) for p in sorted((tmp_path / "data" / "raw").rglob("*"))] == before
+    assert _listing(tmp_path / "data" / "raw") == ["Task09_Spleen"]  # no temp folder left either
     assert [p for p in _listing(tmp_path / "data" / "downloads") if not p.endswith(".lock")] == []
 
 
