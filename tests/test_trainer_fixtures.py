@@ -1,0 +1,104 @@
+"""Shared data for the trainer tests: ONE reduced task, generated, converted and planned by
+nnU-Net's own tools once per pytest session (a done-marker in the session's base temp dir lets
+every trainer test module reuse it). No tests here. Cost: ~30 s (3d_fullres), +~15 s each for
+the 2d and ResEnc-M plans, built only when a test asks for them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pgps.paths import TRAINERS_DIR
+
+BIN = Path(sys.executable).parent
+DATASET_ID = 901
+DATASET = "Dataset901_PGPSSynth"
+CPU_ENV = {"nnUNet_compile": "f", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "2", "PYTHONUNBUFFERED": "1"}
+
+
+def nnunet_env(root: Path, results: Path | None = None, **knobs: str) -> dict[str, str]:
+    """The environment ``eval "$(pgps env)"`` gives, plus CPU settings and PGPS knobs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PGPS_", "nnUNet_"))}
+    env.update(CPU_ENV)
+    env.update(
+        nnUNet_raw=str(root / "nnUNet_raw"),
+        nnUNet_preprocessed=str(root / "nnUNet_preprocessed"),
+        nnUNet_results=str(results or root / "nnUNet_results"),
+        nnUNet_extTrainer=str(TRAINERS_DIR),
+    )
+    env.update(knobs)
+    return env
+
+
+def run(cmd: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def _plan_env(root: Path) -> dict[str, str]:
+    # nnU-Net 2.8's planner calls torch.set_num_threads(nnUNet_n_proc_DA): 0 crashes it
+    return {**nnunet_env(root), "nnUNet_n_proc_DA": "1"}
+
+
+def reduced_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3d_fullres-planned reduced task (8 training cases, 2 test cases), built once."""
+    root = tmp_path_factory.getbasetemp() / "pgps_trainer_data"
+    done = root / "3d_fullres.done"
+    if done.exists():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    from pgps.data.synthetic import make_task
+
+    task = make_task(root / "msd", seed=0, variant="iso", num_train=8, num_test=2)
+    env = _plan_env(root)
+    run([str(BIN / "nnUNetv2_convert_MSD_dataset"), "-i", str(task), "-overwrite_id", str(DATASET_ID)], env)
+    run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "2"], env)
+    done.touch()
+    return root
+
+
+def with_configuration(root: Path, what: str) -> Path:
+    """Add the 2d configuration (``what='2d'``) or the ResEnc-M plans (``what='resenc'``)."""
+    done = root / f"{what}.done"
+    if done.exists():
+        return root
+    env = _plan_env(root)
+    if what == "2d":
+        run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", "2"], env)
+    else:
+        run([str(BIN / "nnUNetv2_plan_experiment"), "-d", str(DATASET_ID), "-pl", "nnUNetPlannerResEncM"], env)
+        run(
+            [
+                str(BIN / "nnUNetv2_preprocess"),
+                "-d",
+                str(DATASET_ID),
+                "-plans_name",
+                "nnUNetResEncUNetMPlans",
+                "-c",
+                "3d_fullres",
+                "-np",
+                "2",
+            ],
+            env,
+        )
+    done.touch()
+    return root
+
+
+def load_plans(root: Path, plans: str = "nnUNetPlans") -> dict:
+    return json.loads((root / "nnUNet_preprocessed" / DATASET / f"{plans}.json").read_text())
+
+
+def fold_dir(results: Path, trainer: str, configuration: str = "3d_fullres", plans: str = "nnUNetPlans") -> Path:
+    return results / DATASET / f"{trainer}__{plans}__{configuration}" / "fold_0"
+
+
+def read_record(fold: Path) -> dict:
+    return json.loads((fold / "pgps_record.json").read_text())

@@ -1,0 +1,222 @@
+"""End-to-end through nnU-Net's own CLI on the reduced task (CPU): PGPS training, the shapes the
+network really received, codecarbon per stage, prediction with the PGPS checkpoint, trainer
+lookup via nnUNet_extTrainer, SIGKILL mid-curriculum + ``--c`` resume. Runtime: ~2.5 min."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import nibabel as nib
+import nnunetv2
+import numpy as np
+import pytest
+import torch
+
+from pgps.schedule import build_schedule
+from test_trainer_fixtures import BIN, DATASET_ID, fold_dir, load_plans, nnunet_env, read_record, reduced_root, run
+
+pytestmark = pytest.mark.slow
+
+BUDGET = {"PGPS_NUM_EPOCHS": "6", "PGPS_ITERS_PER_EPOCH": "2", "PGPS_VAL_ITERS": "1", "PGPS_SEED": "7"}
+
+
+def train_cmd(trainer: str = "nnUNetTrainerPGPS", *extra: str) -> list[str]:
+    return [str(BIN / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu", *extra]
+
+
+def expected_schedule(root: Path, epochs: int = 6, mode: str = "pgps"):
+    """The schedule, derived here from plans.json independently of the trainer's code."""
+    conf = load_plans(root)["configurations"]["3d_fullres"]
+    strides = conf["architecture"]["arch_kwargs"]["strides"]
+    poolings = [sum(1 for s in strides if s[a] == 2) for a in range(3)]
+    return build_schedule(conf["patch_size"], poolings, epochs, conf["batch_size"], mode, seed=7), conf
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return reduced_root(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def reference(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted PGPS run via ``nnUNetv2_train`` with codecarbon and the dry run on."""
+    results = tmp_path_factory.mktemp("ref_results")
+    env = nnunet_env(root, results, **BUDGET, PGPS_CODECARBON="DEU", PGPS_DRY_RUN="on")
+    run(train_cmd(), env)
+    return fold_dir(results, "nnUNetTrainerPGPS")
+
+
+def test_network_saw_the_schedule_and_validated_at_full_patch(root: Path, reference: Path) -> None:
+    sched, conf = expected_schedule(root)
+    planned, bs = conf["patch_size"], conf["batch_size"]
+    rec = read_record(reference)
+    assert [e["epoch"] for e in rec["epochs"]] == list(range(6))
+    assert len({tuple(e["patch_size"]) for e in rec["epochs"]}) >= 4  # a real curriculum, not one size
+    for e in rec["epochs"]:
+        stage = sched.stage_at(e["epoch"])
+        assert e["patch_size"] == list(stage.patch_size)
+        assert e["train_input_shapes"] == [{"shape": [stage.batch_size, 1, *stage.patch_size], "count": 2}]
+        assert e["val_input_shapes"] == [{"shape": [bs, 1, *planned], "count": 1}]
+        assert np.isfinite(e["train_loss"]) and e["wall_time"] > 0
+    assert rec["schedule"] == json.loads(json.dumps(sched.to_dict()))
+    assert rec["epochs"][-1]["patch_size"] == planned
+    # the plan the run copied for inference still holds the planned patch
+    saved = json.loads((reference.parent / "plans.json").read_text())["configurations"]["3d_fullres"]
+    assert saved["patch_size"] == planned and saved["batch_size"] == bs
+    # budget knobs actually used, and the dry run at the planned size, are on disk
+    cfg = json.loads((reference / "pgps_config.json").read_text())
+    assert cfg["knobs"]["num_epochs"] == 6 and cfg["knobs"]["iters_per_epoch"] == 2 and cfg["knobs"]["seed"] == 7
+    assert [d["patch_size"] for d in cfg["dry_runs"]] == [planned]
+    # final sliding-window validation ran
+    summary = json.loads((reference / "validation" / "summary.json").read_text())
+    assert "foreground_mean" in summary
+
+
+def test_checkpoint_carries_schedule(root: Path, reference: Path) -> None:
+    ckpt = torch.load(reference / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    sched, _ = expected_schedule(root)
+    assert ckpt["pgps"]["schedule"] == sched.to_dict()
+    assert ckpt["current_epoch"] == 6 and ckpt["trainer_name"] == "nnUNetTrainerPGPS"
+
+
+def test_codecarbon_tracks_whole_run_and_one_task_per_stage(root: Path, reference: Path) -> None:
+    with open(reference / "emissions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1
+    assert rows[0]["country_iso_code"] == "DEU" and float(rows[0]["duration"]) > 0
+    assert float(rows[0]["energy_consumed"]) > 0 and rows[0]["tracking_mode"]
+    task_files = [p for p in reference.glob("emissions_*.csv") if p.name != "emissions.csv"]
+    assert len(task_files) == 1
+    with open(task_files[0], newline="") as fh:
+        tasks = list(csv.DictReader(fh))
+    sched, _ = expected_schedule(root)
+    names = [f"stage{i:02d}_{'x'.join(map(str, s.patch_size))}_b{s.batch_size}" for i, s in enumerate(sched.stages)]
+    assert [t["task_name"] for t in tasks] == names
+    assert all(float(t["duration"]) > 0 for t in tasks)
+
+
+def test_predict_with_pgps_checkpoint_via_nnunet_cli(root: Path, reference: Path, tmp_path: Path) -> None:
+    images = root / "nnUNet_raw" / "Dataset901_PGPSSynth" / "imagesTs"
+    out = tmp_path / "pred"
+    env = nnunet_env(root, reference.parents[2])
+    run(
+        [
+            str(BIN / "nnUNetv2_predict"),
+            "-i",
+            str(images),
+            "-o",
+            str(out),
+            "-d",
+            str(DATASET_ID),
+            "-c",
+            "3d_fullres",
+            "-tr",
+            "nnUNetTrainerPGPS",
+            "-f",
+            "0",
+            "--disable_tta",
+            "-device",
+            "cpu",
+            "-npp",
+            "1",
+            "-nps",
+            "1",
+        ],
+        env,
+    )
+    inputs = sorted(images.glob("*_0000.nii.gz"))
+    assert len(inputs) == 2
+    for img in inputs:
+        pred = out / img.name.replace("_0000.nii.gz", ".nii.gz")
+        seg = np.asarray(nib.load(pred).dataobj)
+        assert seg.shape == nib.load(img).shape
+        assert set(np.unique(seg)) <= {0, 1, 2}
+
+
+def test_all_trainers_found_by_nnunet_lookup(root: Path) -> None:
+    names = [
+        "nnUNetTrainerConstant",
+        "nnUNetTrainerPGPS",
+        "nnUNetTrainerPGPSPlus",
+        "nnUNetTrainerRPSS",
+        "nnUNetTrainerPGPSEfficiency",
+        "nnUNetTrainerPGPSPerformance",
+    ]
+    code = (
+        "import json, sys\n"
+        "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find\n"
+        "print(json.dumps({n: [find(n).pgps_mode, find(n).__module__] for n in sys.argv[1:]}))\n"
+    )
+    proc = run([str(BIN / "python"), "-c", code, *names], nnunet_env(root))
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    modes = {n: m for n, (m, _) in found.items()}
+    assert modes == {
+        "nnUNetTrainerConstant": "constant",
+        "nnUNetTrainerPGPS": "pgps",
+        "nnUNetTrainerPGPSPlus": "pgps+",
+        "nnUNetTrainerRPSS": "rpss",
+        "nnUNetTrainerPGPSEfficiency": "efficiency",
+        "nnUNetTrainerPGPSPerformance": "performance",
+    }
+    # imported from nnUNet_extTrainer as top-level modules, nothing added to nnunetv2 in site-packages
+    assert all(module == name for name, (_, module) in found.items())
+    site = Path(nnunetv2.__file__).parent
+    assert not [p for p in site.rglob("*.py") if "nnUNetTrainerPGPS" in p.read_text(errors="ignore")]
+
+
+def _wait_for_epochs(fold: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        assert proc.poll() is None, "training ended before it could be killed"
+        try:
+            if len(read_record(fold)["epochs"]) >= n:
+                return
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"no {n} epochs recorded within {timeout} s")
+
+
+def test_sigkill_mid_curriculum_then_resume_matches_uninterrupted(root: Path, reference: Path, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    env = nnunet_env(root, results, **BUDGET)
+    fold = fold_dir(results, "nnUNetTrainerPGPS")
+    proc = subprocess.Popen(train_cmd(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_epochs(fold, 3, proc)
+        time.sleep(0.3)  # inside epoch 3: a later curriculum stage has started
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    latest = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)  # never torn
+    killed_at = latest["current_epoch"]
+    assert 3 <= killed_at < 6
+    assert len(read_record(fold)["epochs"]) >= killed_at  # the record is never behind the checkpoint
+
+    # a different budget is refused with a clear message instead of silently restarting the curriculum
+    bad = subprocess.run(
+        train_cmd("nnUNetTrainerPGPS", "--c"),
+        env={**env, "PGPS_NUM_EPOCHS": "9"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode != 0
+    assert "checkpoint_latest.pth: the checkpoint was trained with a different PGPS schedule" in bad.stderr
+    assert "num_epochs: checkpoint 6 vs now 9" in bad.stderr
+
+    run(train_cmd("nnUNetTrainerPGPS", "--c"), env)
+    rec, ref = read_record(fold), read_record(reference)
+    assert [e["epoch"] for e in rec["epochs"]] == list(range(6))  # no gaps, no duplicates
+    assert [e["patch_size"] for e in rec["epochs"]] == [e["patch_size"] for e in ref["epochs"]]
+    assert [e["train_input_shapes"] for e in rec["epochs"]] == [e["train_input_shapes"] for e in ref["epochs"]]
+    assert [e["val_input_shapes"] for e in rec["epochs"]] == [e["val_input_shapes"] for e in ref["epochs"]]
+    assert rec["resumes"][0]["at_epoch"] == killed_at
+    assert (fold / "checkpoint_final.pth").is_file() and not (fold / "checkpoint_latest.pth").exists()
+    losses = [abs(a["train_loss"] - b["train_loss"]) for a, b in zip(rec["epochs"], ref["epochs"])]
+    print(f"max |train loss difference| resumed vs uninterrupted run: {max(losses):.3g} (per epoch {losses})")
