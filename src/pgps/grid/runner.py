@@ -88,18 +88,24 @@ class StageRun(Checkpointable):
         return {"stage": self.name, "seconds": time.time() - start}
 
     def _stop_child(self, grace_s: float = 20.0) -> None:
-        """SIGTERM the stage's process group, SIGKILL what is left after ``grace_s``."""
+        """SIGTERM the stage's process group, SIGKILL what is left after ``grace_s``.
+
+        Called from submitit's signal handler while ``Popen.wait`` is interrupted in the same thread, so it
+        must not wait through ``Popen`` (its lock is held): it watches /proc instead and leaves the reaping
+        to the interrupted wait."""
         proc = self._proc
-        if proc is None or proc.poll() is not None:
+        if proc is None or proc.returncode is not None:
             return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
+        for sig, patience in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.time() + patience
+            while time.time() < deadline:
+                if not _alive(proc.pid):
+                    return
+                time.sleep(0.1)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """Time-out/preemption: the stage's own checkpoint is on disk; stop it and requeue the same command."""
@@ -107,6 +113,15 @@ class StageRun(Checkpointable):
         self._log_attempt("checkpoint")
         again = StageRun(self.name, self.cmd, self.wdir, self.grid_dir, self.env, self.log)
         return DelayedSubmission(again, *args, **kwargs)
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def clear_attempts(grid_dir: Path, names: list[str]) -> None:

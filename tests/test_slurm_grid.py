@@ -1,0 +1,176 @@
+"""The grid on a real SLURM cluster started here (scripts/slurm/start-cluster.sh: munge, slurmdbd on
+MariaDB, slurmctld, two virtual nodes with two fake GPUs each), through the same `pgps grid` commands a
+user runs. Toy trainings keep these at ~1.5 min: arrays + dependencies + fake-GPU assignment, a training
+cancelled mid-run and requeued, a training that hits its time limit and is requeued by submitit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgps.grid.runner import read_attempts
+from test_grid_helpers import assert_record_complete, dvc_status, make_toy_repo, pgps, read_record
+
+pytestmark = pytest.mark.slurm
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "slurm"
+CPU_ENV = {"nnUNet_compile": "f", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "2"}
+SMALL = {
+    "default": {"cpus": 1, "mem_gb": 0.25, "time_min": 10},
+    "stages": {"train": {"cpus": 1, "mem_gb": 0.25, "gpus": 1, "time_min": 10}},
+}
+
+
+def _free_port_base(span: int = 16) -> int:
+    for base in range(16817, 30000, 97):
+        try:
+            for p in range(base, base + span):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free port range for the test cluster")
+
+
+def _unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "the test cluster runs its daemons as root"
+    for exe in ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "sbatch", "sacct"):
+        if not (shutil.which(exe) or Path("/usr/sbin", exe).exists()):
+            return f"{exe} not installed (scripts/install-system-deps.sh)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A running cluster for the whole session, stopped by PID afterwards; SLURM_CONF points at it."""
+    reason = _unavailable()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but the SLURM test cluster cannot start: {reason}")
+        pytest.skip(reason)
+    cdir = tmp_path_factory.mktemp("slurm")
+    start = subprocess.run(
+        ["bash", str(SCRIPTS / "start-cluster.sh"), str(cdir), "--port", str(_free_port_base())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    try:
+        if start.returncode != 0:
+            msg = f"start-cluster.sh failed: {start.stderr.strip()[-2000:]}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(msg)
+            pytest.skip(msg)
+        yield {"SLURM_CONF": str(cdir / "etc" / "slurm.conf"), **CPU_ENV}
+    finally:
+        subprocess.run(["bash", str(SCRIPTS / "stop-cluster.sh"), str(cdir)], capture_output=True, timeout=120)
+        leftovers = [f.name for f in (cdir / "run").glob("*.pid")]
+        assert not leftovers, f"daemons left running: {leftovers}"
+
+
+def wait_grid(repo: Path, env: dict[str, str], timeout: float, until=None) -> list[dict]:
+    """Poll `pgps grid status --json` until every run ended (or ``until(rows)`` holds)."""
+    deadline = time.time() + timeout
+    rows: list[dict] = []
+    while time.time() < deadline:
+        proc = pgps(["grid", "status", "--json"], repo, env)
+        assert proc.returncode == 0, proc.stderr
+        rows = json.loads(proc.stdout)
+        if until is not None and until(rows):
+            return rows
+        if until is None and all(r["state"] in ("done", "failed", "blocked") for r in rows):
+            return rows
+        time.sleep(1.0)
+    raise AssertionError(f"grid did not finish in {timeout} s: {rows}")
+
+
+def test_slurm_grid_arrays_dependencies_fake_gpus(slurm_cluster: dict[str, str], tmp_path: Path) -> None:
+    repo = make_toy_repo(tmp_path / "repo", ["A", "B"], [0, 1], epochs=2, epoch_s=0.2, grid=SMALL)
+    sub = pgps(["grid", "submit"], repo, slurm_cluster)
+    assert sub.returncode == 0, sub.stderr
+    rows = {r["run"]: r for r in wait_grid(repo, slurm_cluster, 120)}
+    assert {r["state"] for r in rows.values()} == {"done"}, rows
+    # one array per task's trainings (ids N_0, N_1), each waiting for that task's planning only
+    arrays = {rows[f"train@{t}-0"]["job_id"].split("_")[0] for t in "AB"}
+    assert len(arrays) == 2 and all("_" in rows[f"train@{t}-{f}"]["job_id"] for t in "AB" for f in (0, 1))
+    state = json.loads((repo / "logs" / "grid" / "grid.json").read_text())
+    assert state["jobs"]["train@A-1"]["deps"] == ["plan@A"]
+    folder = repo / "logs" / "grid"
+    for t in "AB":
+        plan_end = max(a["time"] for a in read_attempts(folder, f"plan@{t}") if a["event"] == "end")
+        for f in (0, 1):
+            start = read_attempts(folder, f"train@{t}-{f}")[0]
+            assert start["time"] >= plan_end
+            # SLURM gave the training one (fake) GPU; the record saw it
+            assert start["cuda_visible_devices"] in ("0", "1")
+            rec = read_record(repo / "out" / t / f"fold_{f}" / "pgps_record.json")
+            assert_record_complete(rec, 2)
+            assert rows[f"train@{t}-{f}"]["epoch"] == 2 and rows[f"train@{t}-{f}"]["seconds_left"] == 0
+    assert read_attempts(folder, "plan@A")[0]["cuda_visible_devices"] is None  # CPU stage: no GPU request
+    assert "up to date" in dvc_status(repo)
+
+
+def test_slurm_cancelled_training_requeued_resumes_at_its_stage(slurm_cluster: dict[str, str], tmp_path: Path) -> None:
+    epochs = 10
+    repo = make_toy_repo(tmp_path / "repo", ["A"], [0, 1], epochs=epochs, epoch_s=0.6, grid=SMALL)
+    sub = pgps(["grid", "submit", "--gpus", "0"], repo, slurm_cluster)  # a CPU-only request works too
+    assert sub.returncode == 0, sub.stderr
+    record = repo / "out" / "A" / "fold_1" / "pgps_record.json"
+
+    def mid_run(_rows: list[dict]) -> bool:
+        return record.is_file() and len(read_record(record)["epochs"]) >= 3
+
+    rows = {r["run"]: r for r in wait_grid(repo, slurm_cluster, 120, until=mid_run)}
+    victim = rows["train@A-1"]
+    assert victim["state"] == "running" and 3 <= victim["epoch"] < epochs and victim["seconds_left"] > 0
+    cancel = subprocess.run(["scancel", victim["job_id"]], env=os.environ | slurm_cluster, capture_output=True)
+    assert cancel.returncode == 0, cancel.stderr
+    rows = {
+        r["run"]: r
+        for r in wait_grid(
+            repo, slurm_cluster, 60, until=lambda rs: {r["run"]: r for r in rs}["train@A-1"]["state"] == "failed"
+        )
+    }
+    cut_at = len(read_record(record)["epochs"])
+    assert cut_at < epochs
+    # the report waits for a training that will never succeed ... until it is requeued
+    req = pgps(["grid", "requeue", "train@A-1"], repo, slurm_cluster)
+    assert req.returncode == 0, req.stderr
+    assert "requeued train@A-1" in req.stdout
+    rows = {r["run"]: r for r in wait_grid(repo, slurm_cluster, 180)}
+    assert {r["state"] for r in rows.values()} == {"done"}, rows
+    rec = read_record(record)
+    assert_record_complete(rec, epochs)  # no gaps, no duplicates, stage sequence as scheduled
+    assert len(rec["resumes"]) == 1 and 0 < rec["resumes"][0]["at_epoch"] <= cut_at  # from its checkpoint
+    starts = [a for a in read_attempts(repo / "logs" / "grid", "train@A-1") if a["event"] == "start"]
+    assert len(starts) == 2 and starts[0]["job_id"] == starts[1]["job_id"]  # the same job, requeued
+    assert rows["train@A-1"]["attempts"] == 2 and rows["train@A-0"]["attempts"] == 1
+    assert "up to date" in dvc_status(repo)
+
+
+def test_slurm_time_limit_checkpoints_and_requeues(slurm_cluster: dict[str, str], tmp_path: Path) -> None:
+    """1-minute limit, SIGUSR2 55 s before it (SLURM sends it 5-35 s in: its time-limit check runs every 30 s):
+    submitit's Checkpointable requeues the training, which resumes from its checkpoint."""
+    epochs = 40
+    grid = SMALL | {"stages": {"train": {"cpus": 1, "mem_gb": 0.25, "gpus": 0, "time_min": 1}}, "signal_delay_s": 55}
+    repo = make_toy_repo(tmp_path / "repo", ["A"], [0], epochs=epochs, epoch_s=1.0, grid=grid)
+    sub = pgps(["grid", "submit"], repo, slurm_cluster)
+    assert sub.returncode == 0, sub.stderr
+    rows = {r["run"]: r for r in wait_grid(repo, slurm_cluster, 240)}
+    assert {r["state"] for r in rows.values()} == {"done"}, rows
+    attempts = read_attempts(repo / "logs" / "grid", "train@A-0")
+    assert sum(a["event"] == "checkpoint" for a in attempts) >= 1
+    rec = read_record(repo / "out" / "A" / "fold_0" / "pgps_record.json")
+    assert_record_complete(rec, epochs)
+    assert len(rec["resumes"]) >= 1 and all(r["at_epoch"] > 0 for r in rec["resumes"])
+    assert "up to date" in dvc_status(repo)
