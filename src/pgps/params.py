@@ -67,6 +67,7 @@ TOP_LEVEL_KEYS = (
     "baseline",
     "evaluate",
     "report",
+    "grid",  # `pgps grid` resource requests; validated by pgps.grid.config (no stage reads it)
 )
 
 

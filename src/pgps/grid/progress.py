@@ -29,7 +29,8 @@ class Progress:
 
 
 def find_records(outs: list[str]) -> list[Path]:
-    """Run records inside a stage's outputs (an output folder, or the record itself)."""
+    """Run records inside a stage's outputs (an output folder, or the record itself). While a run trains,
+    `pgps train` keeps it in ``.<out>.<key>.partial`` next to the output and renames it when finished."""
     found: list[Path] = []
     for out in outs:
         path = Path(out)
@@ -37,6 +38,9 @@ def find_records(outs: list[str]) -> list[Path]:
             found.append(path)
         elif path.is_dir():
             found.extend(sorted(path.rglob(RECORD_NAME)))
+        elif path.parent.is_dir():
+            for partial in sorted(path.parent.glob(f".{path.name}.*.partial")):
+                found.extend(sorted(partial.rglob(RECORD_NAME)))
     return found
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,8 @@ class StageRun(Checkpointable):
     def __call__(self) -> dict[str, Any]:
         env = dict(os.environ)
         env.update(self.env)
+        # the stage commands call `pgps`/`dvc`: those of the environment running this job come first
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         self._log_attempt("start", cuda_visible_devices=env.get("CUDA_VISIBLE_DEVICES"))
         start = time.time()
         out = open(self.log, "ab") if self.log else None  # noqa: SIM115 - closed below

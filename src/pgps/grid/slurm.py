@@ -44,19 +44,26 @@ def _parameters(config: GridConfig, res: Resources, name: str) -> dict[str, Any]
     return params
 
 
-def _executor(folder: Path) -> Any:
+def _executor(folder: Path, max_requeues: int) -> Any:
     import submitit
 
     try:
-        return submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm")
+        return submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm", slurm_max_num_timeout=max_requeues)
     except RuntimeError as exc:
         raise PGPSError(f"sbatch: SLURM is not available here ({exc})") from None
 
 
-def _submit(folder: Path, jobs: list[StageJob], runs: list[StageRun], params: dict[str, Any], after: list[str]):
+def _submit(
+    folder: Path,
+    max_requeues: int,
+    jobs: list[StageJob],
+    runs: list[StageRun],
+    params: dict[str, Any],
+    after: list[str],
+):
     """One sbatch (a job array when several runs share request and dependencies); fresh executor each time
     so no request (a GPU, say) leaks from one batch into the next."""
-    executor = _executor(folder)
+    executor = _executor(folder, max_requeues)
     # a failed dependency leaves its dependents pending (not cancelled): `pgps grid requeue` can still rescue them
     extra = {"dependency": "afterok:" + ":".join(after), "kill-on-invalid-dep": "no"} if after else {}
     executor.update_parameters(**params, slurm_additional_parameters=extra)
@@ -124,7 +131,7 @@ def _submit_all(
             if dry_run:
                 ids = [f"dry-{len(job_ids) + i}" for i in range(len(members))]
             else:
-                ids = [s.job_id for s in _submit(folder, members, runs, params, after)]
+                ids = [s.job_id for s in _submit(folder, config.max_requeues, members, runs, params, after)]
             for job, job_id in zip(members, ids, strict=True):
                 job_ids[job.name] = job_id
                 state["jobs"][job.name] = {
@@ -142,7 +149,11 @@ def _submit_all(
     params = _parameters(config, config.default, COMMIT_JOB)
     after = sorted(set(job_ids.values()))
     commit_job = StageJob(COMMIT_JOB, COMMIT_JOB, commit_cmd, str(grid.root), tuple(sorted(job_ids)), ())
-    commit_id = "dry-commit" if dry_run else _submit(folder, [commit_job], [commit], params, after)[0].job_id
+    commit_id = (
+        "dry-commit"
+        if dry_run
+        else _submit(folder, config.max_requeues, [commit_job], [commit], params, after)[0].job_id
+    )
     state["jobs"][COMMIT_JOB] = {
         "job_id": commit_id,
         "group": COMMIT_JOB,
