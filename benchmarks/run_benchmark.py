@@ -1,0 +1,268 @@
+"""`make bench`: the constant-patch baseline, PGPS, PGPS+ and RPSS on the reduced task with the
+same epochs and iterations, interleaved (A B C D, A B C D, ...) so that a change in machine load
+hits every trainer alike, each training in its own process. Writes
+``benchmarks/results/<machine>-<date>.json`` (raw per-repetition numbers, medians and spreads,
+the targets of issue 6) and a PNG next to it, and prints a table.
+
+    .venv/bin/python benchmarks/run_benchmark.py [--reps 3] [--epochs 9] [--iters 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: make `benchmarks.*` importable
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.plot import plot, short  # noqa: E402
+from benchmarks.prepare import TASK_IDS, nnunet_dirs, prepare  # noqa: E402
+from benchmarks.stats import aggregate, check_targets, summarize_run  # noqa: E402
+from pgps.errors import PGPSError  # noqa: E402
+
+BASELINE = "nnUNetTrainerConstant"
+PGPS = "nnUNetTrainerPGPS"
+DEFAULT_TRAINERS = [BASELINE, PGPS, "nnUNetTrainerPGPSPlus", "nnUNetTrainerRPSS"]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str) -> dict:
+    """What the numbers were measured on (the card's name where a GPU ran them)."""
+    from importlib.metadata import version
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else None
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "device": gpu or "CPU only (no GPU)",
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "nnunetv2": version("nnunetv2"),
+        "torch_compile": os.environ.get("nnUNet_compile", "t (nnU-Net default)"),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def machine_slug(info: dict) -> str:
+    base = info["gpu"] or info["cpu"]
+    slug = re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-")
+    return f"{slug}-{info['cores']}c"
+
+
+def train_env(work: Path, run_root: Path, args: argparse.Namespace) -> dict[str, str]:
+    """What `eval "$(pgps env)"` gives nnU-Net's CLI, plus the shared budget of every trainer."""
+    from pgps.paths import nnunet_env
+
+    env = dict(os.environ)
+    dirs = nnunet_dirs(work)
+    dirs["nnUNet_results"] = str(run_root)
+    env.update(nnunet_env())
+    env.update(dirs)
+    env.update(
+        {
+            "PGPS_NUM_EPOCHS": str(args.epochs),
+            "PGPS_ITERS_PER_EPOCH": str(args.iters),
+            "PGPS_VAL_ITERS": str(args.val_iters),
+            "PGPS_SEED": str(args.seed),
+            "PGPS_SAVE_EVERY": str(args.save_every),
+            "PGPS_CODECARBON": "off",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if args.device == "cpu":
+        env.setdefault("nnUNet_compile", "f")
+        env.setdefault("nnUNet_n_proc_DA", "0")
+        env.setdefault("nnUNet_def_n_proc", "2")
+    return env
+
+
+def run_one(trainer: str, rep: int, dataset: str, work: Path, runs: Path, args: argparse.Namespace) -> dict:
+    """One training in a fresh process; returns the worker's raw JSON plus the process wall time."""
+    run_dir = runs / f"rep{rep}" / trainer
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out, log = run_dir / "raw.json", run_dir / "train.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.worker",
+        "--trainer",
+        trainer,
+        "--dataset",
+        dataset,
+        "--device",
+        args.device,
+        "--out",
+        str(out),
+    ]
+    t0 = time.perf_counter()
+    with log.open("w") as fh:
+        proc = subprocess.run(
+            cmd,
+            cwd=REPO,
+            env=train_env(work, run_dir / "nnUNet_results", args),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    process_s = time.perf_counter() - t0
+    if proc.returncode != 0 or not out.is_file():
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(empty log)"]
+        raise PGPSError(f"{log}: {trainer} (repetition {rep}) failed with exit code {proc.returncode}: {tail[0]}")
+    raw = json.loads(out.read_text())
+    raw["process_s"] = process_s
+    raw["rep"] = rep
+    if not args.keep_checkpoints:  # 20-50 MB each; the numbers are in raw.json
+        for pth in (run_dir / "nnUNet_results").rglob("*.pth"):
+            pth.unlink()
+    return raw
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def table(result: dict) -> str:
+    """Markdown table: one row per trainer (medians over repetitions, [min-max] for ratios)."""
+    lines = [
+        "| trainer | voxel fraction | wall-time ratio | train-loop ratio | CPU-time ratio | training s | "
+        "switches (n, s, % of wall) | loader wait / iter | peak RSS MiB | Dice (fg mean) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in result["trainers"].items():
+        r = e["ratio"]
+        lines.append(
+            f"| {short(name)} | {fmt(e['voxel_fraction'])} "
+            f"| {fmt(r['wall']['median'])} [{fmt(r['wall']['min'])}-{fmt(r['wall']['max'])}] "
+            f"| {fmt(r['loop']['median'])} | {fmt(r['cpu']['median'])} | {fmt(e['training_s']['median'], 1)} "
+            f"| {e['switch_count']}, {fmt(e['switch_total_s']['median'], 2)}, "
+            f"{fmt(100 * e['switch_fraction']['median'] if e['switch_fraction']['median'] is not None else None, 2)}%"
+            f" | {fmt(e['wait_per_iter_s']['median'], 4)} s | {fmt(e['peak_rss_training_mib']['median'], 0)} "
+            f"| {fmt(e['dice']['median'])} [{fmt(e['dice']['min'])}-{fmt(e['dice']['max'])}] |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (>= 3 for a spread)")
+    p.add_argument("--epochs", type=int, default=9, help="epochs per run (9 = one per PGPS stage on Task901)")
+    p.add_argument("--iters", type=int, default=12, help="training iterations per epoch")
+    p.add_argument("--val-iters", type=int, default=2, help="validation iterations per epoch (nnU-Net: 1/5)")
+    p.add_argument(
+        "--save-every",
+        type=int,
+        default=1000,
+        help="checkpoint_latest every N epochs (nnU-Net: 50); a fixed cost per epoch, not per voxel",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variant", choices=sorted(TASK_IDS), default="iso")
+    p.add_argument("--trainers", nargs="+", default=DEFAULT_TRAINERS, help=f"first = baseline ({BASELINE})")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "results" / "tmp")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--keep-checkpoints", action="store_true")
+    args = p.parse_args(argv)
+    for name in ("reps", "epochs", "iters", "save_every"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.val_iters < 0:
+        p.error("--val-iters must be >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    started = dt.datetime.now(dt.UTC)
+    info = machine_info(args.device)
+    print(f"bench: {info['cpu']} x{info['cores']}, {info['device']}; load {info['load_average_at_start']}")
+    prep = prepare(args.work, args.variant, args.seed, Path(sys.executable).parent)
+    dataset = prep["dataset"]
+    print(f"bench: {dataset} ready (prepare {prep.get('prepare_s', 0):.1f} s, cached if 0)")
+    runs = args.work / "runs" / started.strftime("%Y%m%dT%H%M%SZ")
+    raws: list[dict] = []
+    for rep in range(args.reps):
+        for trainer in args.trainers:
+            raw = run_one(trainer, rep, dataset, args.work, runs, args)
+            raws.append(raw)
+            print(
+                f"bench: rep {rep} {short(trainer):9s} training {raw['training_s']:7.1f} s, process "
+                f"{raw['process_s']:6.1f} s, Dice {raw['dice_foreground_mean']:.3f}",
+                flush=True,
+            )
+    summaries = [{**summarize_run(r), "rep": r["rep"]} for r in raws]
+    baseline = args.trainers[0]
+    agg = aggregate(summaries, baseline)
+    result = {
+        "created": started.isoformat(timespec="seconds"),
+        "machine": info,
+        "config": {
+            "dataset": dataset,
+            "variant": args.variant,
+            "seed": args.seed,
+            "baseline": baseline,
+            "trainers": args.trainers,
+            "repetitions": args.reps,
+            "order": "interleaved: " + " ".join(short(t) for t in args.trainers) + " per repetition",
+            "epochs": args.epochs,
+            "iters_per_epoch": args.iters,
+            "val_iters": args.val_iters,
+            "save_every": args.save_every,
+            "device": args.device,
+            "env": {k: os.environ.get(k) for k in ("nnUNet_compile", "nnUNet_n_proc_DA", "nnUNet_def_n_proc")},
+        },
+        "targets": check_targets(agg, baseline, PGPS),
+        "trainers": agg,
+        "runs": summaries,
+        "bench_wall_s": None,
+    }
+    result["bench_wall_s"] = time.perf_counter() - t_start
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{machine_slug(info)}-{started.strftime('%Y-%m-%d')}"
+    json_path = args.out / f"{stem}.json"
+    atomic_write(json_path, json.dumps(result, indent=1) + "\n")
+    png = plot(result, args.out / f"{stem}.png")
+    shutil.copyfile(json_path, runs / "result.json")
+    print()
+    print(table(result))
+    print()
+    for name, t in result["targets"].items():
+        print(f"target {name}: {fmt(t['value'], 4)} vs limit {fmt(t['limit'], 4)} -> {'met' if t['met'] else 'MISSED'}")
+    print(f"bench: wrote {json_path} and {png} in {result['bench_wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except PGPSError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        sys.exit(2)
