@@ -5,22 +5,11 @@
 #     --build-arg BASE_IMAGE=local/debian:bookworm -t pgps:latest .      (or simply: pgps docker build)
 # Layers go slow-to-fast: system packages, pinned dependencies (~6 GB, pip cache mount), then the project source.
 ARG BASE_IMAGE=debian:bookworm-slim
-FROM ${BASE_IMAGE}
 
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-ARG SOURCE=unknown
-LABEL org.opencontainers.image.title="pgps" \
-      org.opencontainers.image.description="Progressive Growing of Patch Size (PGPS) for nnU-Net v2.8: trainers, DVC pipeline, reproduce entry point" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.source="${SOURCE}" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}"
-
+# --- system: Debian bookworm's python3 is CPython 3.11, the version the lock is for. Package versions follow the
+# base image's snapshot (a Debian stable point release), so they are not pinned one by one.
+FROM ${BASE_IMAGE} AS system
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-
-# Debian bookworm's python3 is CPython 3.11, the version the lock is for. Package versions follow the base
-# image's snapshot (a Debian stable point release), so they are not pinned one by one.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates tini \
@@ -29,21 +18,30 @@ RUN apt-get update \
  && useradd --uid 1000 --create-home --shell /bin/bash pgps \
  && install -d -o pgps -g pgps /workspace
 
+# --- deplist: only the dependency list out of pyproject.toml, so editing its tool sections (ruff, pytest) keeps
+# the ~6 GB dependency layer below cached (BuildKit keys COPY --from on file content).
+FROM system AS deplist
+COPY requirements.lock pyproject.toml /tmp/
+RUN mkdir /deps && cp /tmp/requirements.lock /deps/ \
+ && python3 -c 'import tomllib; print(*tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' \
+    > /deps/direct.txt
+
+FROM system
 # Pinned dependencies only (no project source yet), so a code change does not reinstall torch.
 # pip_ca: optional build secret with a CA bundle for TLS-intercepting proxies; it never lands in a layer.
-COPY requirements.lock pyproject.toml /tmp/pgps-deps/
+COPY --from=deplist /deps /tmp/pgps-deps
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
  && python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --disable-pip-version-check pip==24.3.1 \
- && mapfile -t deps < <(python3 -c 'import tomllib; print(*tomllib.load(open("/tmp/pgps-deps/pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")') \
- && /opt/venv/bin/pip install --disable-pip-version-check -c /tmp/pgps-deps/requirements.lock "${deps[@]}" \
+ && /opt/venv/bin/pip install --disable-pip-version-check -c /tmp/pgps-deps/requirements.lock -r /tmp/pgps-deps/direct.txt \
  && rm -rf /tmp/pgps-deps
 
 ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     MPLBACKEND=Agg \
+    DVC_NO_ANALYTICS=1 \
     HOME=/home/pgps \
     PGPS_DATA=/workspace/data \
     nnUNet_raw=/workspace/data/nnUNet_raw \
@@ -61,6 +59,17 @@ COPY . /opt/pgps/
 RUN /opt/venv/bin/pip install --disable-pip-version-check --no-deps --no-build-isolation --no-cache-dir /opt/pgps \
  && rm -rf /opt/pgps/build /opt/pgps/src/*.egg-info \
  && python -c 'import pgps.cli'
+
+# Build metadata last: a new revision must not invalidate the layers above (ARGs feed every later RUN).
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG SOURCE=unknown
+LABEL org.opencontainers.image.title="pgps" \
+      org.opencontainers.image.description="Progressive Growing of Patch Size (PGPS) for nnU-Net v2.8: trainers, DVC pipeline, reproduce entry point" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}"
 
 USER 1000:1000
 WORKDIR /workspace

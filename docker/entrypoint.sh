@@ -53,6 +53,9 @@ prepare_workspace() {
     fi
   done
   [ -f dvc.yaml ] || die "$workspace/dvc.yaml: missing, and the image has no pipeline definition to copy"
+  # dvc.yaml tracks the code each stage runs (src/pgps/...): point it at the code installed in this image, so a
+  # new image re-runs exactly the stages whose code changed
+  [ -e src ] || [ -L src ] || ln -s "$pipeline_src/src" src
   # DVC cache and state live in the workspace (on the volume); no git needed inside the container
   [ -d .dvc ] || dvc init --no-scm --quiet
 }

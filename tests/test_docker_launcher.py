@@ -144,10 +144,12 @@ def test_dockerfile_layers_deps_before_source() -> None:
     parser = DockerfileParser(path=str(REPO / "Dockerfile"))
     instructions = [(i["instruction"], i["value"]) for i in parser.structure if i["instruction"] != "COMMENT"]
     assert instructions[0] == ("ARG", "BASE_IMAGE=debian:bookworm-slim")
-    assert ("FROM", "${BASE_IMAGE}") in instructions
+    assert ("FROM", "${BASE_IMAGE} AS system") in instructions
     index = {key: n for n, (inst, value) in enumerate(instructions) for key in _keys(inst, value)}
     # the ~6 GB dependency layer depends only on the lock and pyproject.toml; the source comes after it
     assert index["copy-lock"] < index["pip-deps"] < index["copy-source"] < index["pip-project"]
+    # the per-commit REVISION build arg comes last: an ARG changes the cache key of every RUN after it
+    assert index["pip-project"] < index["arg-revision"]
     deps_run = instructions[index["pip-deps"]][1]
     assert "--mount=type=cache,target=/root/.cache/pip" in deps_run
     assert "--mount=type=secret,id=pip_ca" in deps_run and "PIP_CERT=/run/secrets/pip_ca" in deps_run
@@ -164,6 +166,8 @@ def _keys(inst: str, value: str) -> list[str]:
     keys = []
     if inst == "COPY" and "requirements.lock" in value:
         keys.append("copy-lock")
+    if inst == "ARG" and value.startswith("REVISION"):
+        keys.append("arg-revision")
     if inst == "COPY" and value.split()[0] == ".":
         keys.append("copy-source")
     if inst == "RUN" and "requirements.lock" in value and "pip install" in value:
