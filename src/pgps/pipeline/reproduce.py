@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default=None,
                         help="apply profiles/NAME.yaml (e.g. full: the paper's grid) to params.yaml first")
     parser.add_argument("--force", action="store_true", help="re-run every stage (dvc repro --force)")
-    parser.add_argument("--dry", action="store_true", help="only show which stages would run (dvc repro --dry)")
+    parser.add_argument("--list", action="store_true",
+                        help="apply the profile and list the grid's stages (dvc stage list); run nothing")
 
 
 def apply_profile(name: str, params_file: Path = PARAMS_FILE) -> bool:
@@ -72,14 +73,17 @@ def main(args: argparse.Namespace) -> int:
     load_params(PARAMS_FILE)  # one clear error before DVC starts anything
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    cmd = [dvc_executable(), "repro"] + (["--force"] if args.force else []) + (["--dry"] if args.dry else [])
+    if args.list:
+        cmd = [dvc_executable(), "stage", "list"]
+    else:
+        cmd = [dvc_executable(), "repro"] + (["--force"] if args.force else [])
     start = time.monotonic()
     print("+ " + " ".join(["dvc", *cmd[1:]]), flush=True)
     proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0:
-        raise PGPSError(f"dvc repro failed (exit {proc.returncode}); the failing stage's message is above")
+        raise PGPSError(f"dvc {cmd[1]} failed (exit {proc.returncode}); the failing stage's message is above")
     elapsed = time.monotonic() - start
-    if not args.dry:
+    if not args.list:
         print()
         print(summary())
         print(f"\npipeline wall time: {elapsed:.0f} s; report: results/report.md, plots: results/plots/")
