@@ -1,0 +1,187 @@
+"""Every trainer class trains on the reduced task in-process (CPU) and the network receives the
+schedule's shapes: PGPS+, RPSS (per-iteration draw), journal efficiency (1x1x1 bottleneck) and
+performance (growing batch, multi-crop loading), the constant baseline, the 2d configuration and
+the ResEnc-M plans. Also: the dry run leaves the starting state untouched; performance-mode data
+loading stays flat. Runtime: ~3 min on 2 free cores (planning 2d + ResEnc included)."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from pgps.nnunet.dryrun import dry_run, synthetic_batch
+from pgps.nnunet.loaders import MultiCropDataLoader, build_train_loader, finish_loader
+from test_trainer_fixtures import DATASET, fold_dir, load_plans, read_record, reduced_root, with_configuration
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return reduced_root(tmp_path_factory)
+
+
+def make_trainer(
+    root: Path,
+    results: Path,
+    name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    configuration: str = "3d_fullres",
+    plans: str = "nnUNetPlans",
+    **knobs: str,
+):
+    env = {
+        "nnUNet_raw": str(root / "nnUNet_raw"),
+        "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
+        "nnUNet_results": str(results),
+        "nnUNet_compile": "f",
+        "nnUNet_n_proc_DA": "0",
+        "nnUNet_def_n_proc": "2",
+        "PGPS_NUM_EPOCHS": "3",
+        "PGPS_ITERS_PER_EPOCH": "2",
+        "PGPS_VAL_ITERS": "1",
+        "PGPS_SEED": "1",
+        **knobs,
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    cls = getattr(importlib.import_module(f"pgps.trainers.{name}"), name)
+    plan = load_plans(root, plans)
+    plan["continue_training"] = False
+    dataset_json = json.loads((root / "nnUNet_preprocessed" / DATASET / "dataset.json").read_text())
+    return cls(plans=plan, configuration=configuration, fold=0, dataset_json=dataset_json, device=torch.device("cpu"))
+
+
+def expected_train_shapes(trainer, epoch: int) -> dict[tuple[int, ...], int]:
+    sched = trainer.pgps_schedule
+    stage = sched.stage_at(epoch)
+    ch = trainer.num_input_channels
+    if sched.candidates:  # rpss: exactly the pure per-iteration draws
+        draws = Counter(sched.rpss_patch(epoch, i) for i in range(trainer.num_iterations_per_epoch))
+        return {(stage.batch_size, ch, *p): n for p, n in draws.items()}
+    return {(stage.batch_size, ch, *stage.patch_size): trainer.num_iterations_per_epoch}
+
+
+def check_record(trainer) -> dict:
+    rec = read_record(Path(trainer.output_folder))
+    planned = list(trainer.configuration_manager.patch_size)
+    bs = trainer.configuration_manager.batch_size
+    assert [e["epoch"] for e in rec["epochs"]] == list(range(trainer.num_epochs))
+    for e in rec["epochs"]:
+        got = {tuple(s["shape"]): s["count"] for s in e["train_input_shapes"]}
+        assert got == expected_train_shapes(trainer, e["epoch"]), e["epoch"]
+        assert e["val_input_shapes"] == [
+            {"shape": [bs, trainer.num_input_channels, *planned], "count": trainer.num_val_iterations_per_epoch}
+        ]
+    return rec
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "nnUNetTrainerConstant",
+        "nnUNetTrainerPGPSPlus",
+        "nnUNetTrainerRPSS",
+        "nnUNetTrainerPGPSEfficiency",
+        "nnUNetTrainerPGPSPerformance",
+    ],
+)
+def test_mode_trains_on_its_schedule(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    kn = {"PGPS_ITERS_PER_EPOCH": "4"} if name == "nnUNetTrainerRPSS" else {}
+    trainer = make_trainer(root, tmp_path, name, monkeypatch, **kn)
+    trainer.run_training()
+    rec = check_record(trainer)
+    sched = trainer.pgps_schedule
+    first = sched.stages[0]
+    if name == "nnUNetTrainerConstant":
+        assert len(sched.stages) == 1 and trainer.oversample_foreground_percent == pytest.approx(0.33)
+    if name == "nnUNetTrainerPGPSPlus":
+        assert first.batch_size > sched.planned_batch_size  # the batch really grew at the small patch
+    if name == "nnUNetTrainerRPSS":
+        seen = {tuple(s["shape"][2:]) for e in rec["epochs"] for s in e["train_input_shapes"]}
+        assert len(seen) >= 2 and seen <= set(sched.candidates)
+    if name in ("nnUNetTrainerPGPSEfficiency", "nnUNetTrainerPGPSPerformance"):
+        # a 1x1x1 bottleneck (patch = 2**poolings per axis) trained with instance norm in training mode
+        assert first.patch_size == tuple(2**p for p in sched.poolings)
+    if name == "nnUNetTrainerPGPSPerformance":
+        assert first.batch_size == sched.planned_batch_size * 32**3 // 8**3  # 128 crops of 8^3
+    assert (Path(trainer.output_folder) / "checkpoint_final.pth").is_file()
+
+
+def test_2d_configuration_two_axis_schedule(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with_configuration(root, "2d")
+    trainer = make_trainer(root, tmp_path, "nnUNetTrainerPGPS", monkeypatch, configuration="2d", PGPS_NUM_EPOCHS="4")
+    assert len(trainer.pgps_schedule.planned_patch_size) == 2
+    trainer.run_training()
+    rec = check_record(trainer)
+    assert len({tuple(e["patch_size"]) for e in rec["epochs"]}) == 4
+    assert fold_dir(tmp_path, "nnUNetTrainerPGPS", "2d") == Path(trainer.output_folder)
+
+
+def test_resenc_m_plans(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with_configuration(root, "resenc")
+    trainer = make_trainer(root, tmp_path, "nnUNetTrainerPGPS", monkeypatch, plans="nnUNetResEncUNetMPlans")
+    assert trainer.configuration_manager.network_arch_class_name.endswith("ResidualEncoderUNet")
+    trainer.run_training()
+    check_record(trainer)
+
+
+def _state(trainer) -> tuple[dict, dict, torch.Tensor]:
+    return (
+        copy.deepcopy(trainer.network.state_dict()),
+        copy.deepcopy(trainer.optimizer.state_dict()),
+        torch.get_rng_state(),
+    )
+
+
+def test_dry_run_restores_weights_optimizer_and_rng(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = make_trainer(root, tmp_path, "nnUNetTrainerPGPS", monkeypatch)
+    trainer.initialize()
+    trainer.train_step(synthetic_batch(trainer, (16, 8, 8), 2))  # momentum buffers exist now
+    w0, o0, r0 = _state(trainer)
+    seconds = dry_run(trainer, trainer.configuration_manager.patch_size, trainer.configuration_manager.batch_size)
+    w1, o1, r1 = _state(trainer)
+    assert seconds > 0
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert o0["state"].keys() == o1["state"].keys() and len(o0["state"]) > 0
+    assert all(torch.equal(o0["state"][k]["momentum_buffer"], o1["state"][k]["momentum_buffer"]) for k in o0["state"])
+    assert torch.equal(r0, r1)
+    # and the dry run did train: without the restore the weights would differ
+    trainer.train_step(synthetic_batch(trainer, trainer.configuration_manager.patch_size, 2))
+    w2 = trainer.network.state_dict()
+    assert any(not torch.equal(w0[k], w2[k]) for k in w0)
+
+
+def test_performance_loading_cost_flat_while_batch_grows(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = make_trainer(root, tmp_path, "nnUNetTrainerPGPSPerformance", monkeypatch, PGPS_NUM_EPOCHS="1000")
+    trainer.initialize()
+    planned_bs = trainer.configuration_manager.batch_size
+    timings = []
+    for stage in trainer.pgps_schedule.stages:
+        loader = build_train_loader(trainer, stage.patch_size, stage.batch_size, 0.5, cases_per_batch=planned_bs)
+        dl = loader.data_loader
+        assert isinstance(dl, MultiCropDataLoader) == (stage.batch_size > planned_bs)
+        next(loader)  # warm-up
+        loads0 = getattr(dl, "cases_loaded", 0)
+        t0 = time.perf_counter()
+        for _ in range(3):
+            batch = next(loader)
+        dt = (time.perf_counter() - t0) / 3
+        assert tuple(batch["data"].shape) == (stage.batch_size, 1, *stage.patch_size)
+        assert [tuple(t.shape[2:]) for t in batch["target"]][0] == stage.patch_size
+        if isinstance(dl, MultiCropDataLoader):
+            assert (dl.cases_loaded - loads0) / 3 == planned_bs  # loads the planned batch's cases only
+        timings.append({"patch": stage.patch_size, "batch": stage.batch_size, "s_per_iter": round(dt, 4)})
+        finish_loader(loader)
+    print("performance-mode loader time per iteration by stage:", json.dumps(timings))
