@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -162,6 +163,8 @@ class PGPSTrainerBase(nnUNetTrainer):
         self.dataloader_train = None
         self._pgps_stage = None
         if self.local_rank == 0:
+            for stale in Path(self.output_folder).glob(".*.tmp"):  # temp files of writes a kill interrupted
+                stale.unlink()
             atomic_write_json(f"{self.output_folder}/{CONFIG_NAME}", self.pgps_config())
             self._pgps_record = RunRecord(
                 self.output_folder, self.__class__.__name__, self.pgps_config(), self.pgps_schedule.to_dict()
