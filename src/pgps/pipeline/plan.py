@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from pgps.errors import PGPSError
@@ -25,6 +26,27 @@ def dataset_id(dataset: Path) -> int:
     return int(dataset.name[len("Dataset") : len("Dataset") + 3])
 
 
+def write_split(dataset: Path, configuration: str) -> Path:
+    """nnU-Net's own seeded 5-fold split, written here so training never modifies this stage's output.
+
+    (nnU-Net's trainer writes ``splits_final.json`` into the preprocessed folder on first use, which would make
+    DVC see the plan stage's output as changed after every training.)
+    """
+    import numpy as np
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    plans = json.loads((dataset / "nnUNetPlans.json").read_text())
+    folder = dataset / plans["configurations"][configuration]["data_identifier"]
+    identifiers = infer_dataset_class(str(folder)).get_identifiers(str(folder))
+    if len(identifiers) < 5:
+        raise PGPSError(f"{folder}: {len(identifiers)} training cases; nnU-Net's 5-fold split needs at least 5")
+    splits = generate_crossval_split(list(np.sort(identifiers)), seed=12345, n_splits=5)  # as nnU-Net's do_split
+    path = dataset / "splits_final.json"
+    atomic.write_json(path, splits)
+    return path
+
+
 def main(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     dataset = dataset_dir(args.raw_root)
@@ -40,5 +62,6 @@ def main(args: argparse.Namespace) -> int:
         planned = dataset_dir(tmp)
         if not (planned / "nnUNetPlans.json").is_file():
             raise PGPSError(f"{dataset}: nnU-Net's planner wrote no nnUNetPlans.json")
+        write_split(planned, params.configuration)
     print(f"planned {dataset.name} -> {args.out}")
     return 0

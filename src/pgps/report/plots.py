@@ -22,7 +22,8 @@ def _mean_curve(folds: list[dict[str, Any]], key: str) -> tuple[list[int], list[
     by_epoch: dict[int, list[float]] = defaultdict(list)
     for f in folds:
         for p in f["curve"]:
-            by_epoch[p["epoch"]].append(p[key])
+            value = p["patch_voxels"] * p["batch_size"] if key == "batch_voxels" else p[key]
+            by_epoch[p["epoch"]].append(value)
     epochs = sorted(by_epoch)
     return epochs, [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs]
 
@@ -48,6 +49,7 @@ def render_pngs(runs: dict[str, dict[str, list[dict[str, Any]]]], metrics: dict[
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     tasks = list(runs)
     names = list(next(iter(runs.values())))
@@ -64,22 +66,33 @@ def render_pngs(runs: dict[str, dict[str, list[dict[str, Any]]]], metrics: dict[
         axes[row][0].set(title=f"{task}: pseudo Dice vs epoch", xlabel="epoch", ylabel="pseudo Dice (fg mean)")
         axes[row][1].set(title=f"{task}: pseudo Dice vs wall time", xlabel="training wall time (s)",
                          ylabel="pseudo Dice (fg mean)")
+        axes[row][0].xaxis.set_major_locator(MaxNLocator(integer=True))
         for ax in axes[row]:
             ax.grid(alpha=0.3)
             ax.legend(title="run")
     _save(fig, out / "learning_curves.png")
     plt.close(fig)
 
-    fig, axes = plt.subplots(len(tasks), 1, figsize=(8, 4 * len(tasks)), squeeze=False)
+    # PGPS and PGPS+ share their patch curriculum (PGPS+ differs in batch size): distinct dashes keep both visible
+    dashes = ["-", "--", "-.", ":"]
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 4 * len(tasks)), squeeze=False)
     for row, task in enumerate(tasks):
-        ax = axes[row][0]
-        for name, folds in runs[task].items():
-            epochs, voxels = _mean_curve(folds, "patch_voxels")
-            ax.step(epochs, voxels, where="post", color=colors[name], label=name, linewidth=2)
-        ax.set(title=f"{task}: curriculum (voxels per training sample)", xlabel="epoch",
-               ylabel="voxels per sample (epoch mean)")
-        ax.grid(alpha=0.3)
-        ax.legend(title="run")
+        for i, (name, folds) in enumerate(runs[task].items()):
+            for col, key in enumerate(("patch_voxels", "batch_voxels")):
+                epochs, values = _mean_curve(folds, key)
+                # a step per epoch, drawn to the end of the last epoch
+                axes[row][col].step(epochs + [epochs[-1] + 1], values + [values[-1]], where="post",
+                                    color=colors[name], label=name, linewidth=2.5 if name == baseline else 2,
+                                    linestyle=dashes[i % len(dashes)])
+        axes[row][0].set(title=f"{task}: curriculum, voxels per training sample", xlabel="epoch",
+                         ylabel="voxels per sample (epoch mean)")
+        axes[row][1].set(title=f"{task}: voxels per batch (sample x batch size)", xlabel="epoch",
+                         ylabel="voxels per batch (epoch mean)")
+        for ax in axes[row]:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylim(bottom=0)
+            ax.grid(alpha=0.3)
+            ax.legend(title="run")
     _save(fig, out / "curriculum.png")
     plt.close(fig)
 
