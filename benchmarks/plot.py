@@ -75,9 +75,12 @@ def plot(result: dict, out: Path) -> Path:
         )
     if base_s:
         ax.axhline(base_s, color="C0", ls="--", label=f"{short(baseline)} (planned patch)")
-        ax.plot([0.0, 1.0], [0.0, base_s], color="gray", ls=":", label="proportional to voxels")
-    ax.set_xlabel("voxels per batch relative to the planned patch x batch")
-    ax.set_ylabel("seconds per iteration (median; loader wait + step)")
+        grid = [0.01 * 1.1**k for k in range(49)]
+        ax.plot(grid, [base_s * g for g in grid], color="gray", ls=":", label="proportional to voxels")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("voxels per batch relative to the planned patch x batch (log)")
+    ax.set_ylabel("seconds per iteration (median; loader wait + step; log)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
 
@@ -99,6 +102,7 @@ def plot(result: dict, out: Path) -> Path:
         label="stage switches (rebuild + first-batch/step extra)",
     )
     ax.set_xticks(list(xs), [short(n) for n in names])
+    ax.set_ylim(0, 1.35 * max((a + b + c for a, b, c in zip(loop, outside, switch)), default=1.0))
     ax.set_ylabel("seconds of training wall time (median)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, axis="y")
