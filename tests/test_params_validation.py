@@ -81,6 +81,7 @@ BAD = [
     ("report.alpha", 1.5, "report.alpha", "between 0 and 1"),
     ("epochs", 10, "epochs", "unknown key"),
     ("profile", "", "profile", "non-empty"),
+    ("grid", {"partitionz": "gpu"}, "grid.partitionz", "unknown key"),
 ]
 
 

@@ -251,6 +251,11 @@ def parse_params(tree: dict[str, Any], path: Path) -> Params:
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1:
         raise c.fail("report.alpha", f"must be a significance level between 0 and 1, got {alpha!r}")
 
+    if "grid" in tree:
+        from pgps.grid.config import parse_grid_section
+
+        parse_grid_section(tree["grid"], where=f"{path}: grid")
+
     return Params(
         path=path,
         profile=profile,
