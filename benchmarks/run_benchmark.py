@@ -116,6 +116,7 @@ def run_one(trainer: str, rep: int, dataset: str, work: Path, runs: Path, args: 
         "--out",
         str(out),
     ]
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     with log.open("w") as fh:
         proc = subprocess.run(
@@ -133,6 +134,7 @@ def run_one(trainer: str, rep: int, dataset: str, work: Path, runs: Path, args: 
     raw = json.loads(out.read_text())
     raw["process_s"] = process_s
     raw["rep"] = rep
+    raw["loadavg_before"] = load_before  # other work on the machine shows here (1-min load > cores: suspect)
     if not args.keep_checkpoints:  # 20-50 MB each; the numbers are in raw.json
         for pth in (run_dir / "nnUNet_results").rglob("*.pth"):
             pth.unlink()

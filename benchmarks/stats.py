@@ -147,6 +147,7 @@ def summarize_run(raw: dict) -> dict:
         "cuda_max_allocated_mib": raw.get("cuda_max_allocated_mib"),
         "dice": raw.get("dice_foreground_mean"),
         "dice_per_class": raw.get("dice_per_class"),
+        "loadavg_before": raw.get("loadavg_before"),
     }
 
 
