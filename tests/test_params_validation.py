@@ -112,14 +112,31 @@ def test_iters_fraction_gives_reduced_budget(tmp_path: Path) -> None:
     tree["budget"]["iters_per_epoch"] = 250
     spec = load_params(_write(tmp_path, tree)).trainer("constant_10pct")
     assert (spec.trainer_class, spec.budget.iters_per_epoch, spec.budget.epochs) == (
-        "nnUNetTrainerConstant", 25, DEFAULT["budget"]["epochs"])
+        "nnUNetTrainerConstant",
+        25,
+        DEFAULT["budget"]["epochs"],
+    )
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     path = _write(tmp_path, _with("budget.epochs", -5))
-    proc = subprocess.run([sys.executable, "-m", "pgps.cli", "report", "--params", str(path),
-                           "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "results")],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pgps.cli",
+            "report",
+            "--params",
+            str(path),
+            "--runs",
+            str(tmp_path / "runs"),
+            "--out",
+            str(tmp_path / "results"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"pgps report: error: {path}: budget.epochs: must be >= 1, got -5"
     assert "Traceback" not in proc.stderr

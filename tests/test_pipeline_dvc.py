@@ -53,8 +53,13 @@ def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def _copy_repository(dst: Path) -> None:
     """Tracked + untracked-but-not-ignored files, in a new git repository (what a fresh clone sees)."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
-                           capture_output=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True, capture_output=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, files):
         src = ROOT / rel
         if src.is_file():
@@ -141,35 +146,77 @@ def _metric_values(path: Path) -> dict[str, float]:
     return values
 
 
-def test_changing_one_trainer_reruns_only_its_stages_and_reproduces_its_numbers(repro: dict) -> None:
+def _epochs_recorded(ws: Path, run: str) -> int:
+    runs = ws / "data" / "nnUNet_results" / TASK / run
+    records = list(runs.glob(".fold_0.*.partial/Dataset*/*/fold_0/pgps_record.json"))
+    try:
+        return len(json.loads(records[0].read_text())["epochs"]) if records else 0
+    except (OSError, ValueError):
+        return 0  # being replaced right now
+
+
+def test_changing_one_trainer_reruns_only_its_stages_resumes_after_kill_and_reproduces(repro: dict) -> None:
+    """Change rpss's parameters -> only its train/evaluate + report are stale. Its training is SIGKILLed
+    mid-curriculum; the next `dvc repro` resumes it (--c) and the seeded run gives the numbers of the first one."""
     ws = repro["ws"]
     before = _metric_values(ws / "results" / "runs" / TASK / "rpss" / "fold_0" / "metrics.json")
     params = yaml.safe_load((ws / "params.yaml").read_text())
     # spell out rpss's validation iterations: a change of its parameters (same effective budget)
     params["trainers"]["rpss"]["val_iters"] = params["budget"]["val_iters"]
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert sorted(s.split(":")[0].strip() for s in _dvc("status", cwd=ws).stdout.splitlines()
-                  if s and not s.startswith("\t") and s.endswith(":")) == sorted(
-        [f"evaluate@{TASK}-rpss-0", "report", f"train@{TASK}-rpss-0"])
-    proc = _dvc("repro", cwd=ws)
-    assert STAGE_RE.findall(proc.stdout) == [f"train@{TASK}-rpss-0", f"evaluate@{TASK}-rpss-0", "report"]
+    stale = [line[:-1] for line in _dvc("status", cwd=ws).stdout.splitlines() if re.match(r"^\S.*:$", line)]
+    assert sorted(stale) == sorted([f"evaluate@{TASK}-rpss-0", "report", f"train@{TASK}-rpss-0"])
+
+    proc = subprocess.Popen(
+        [str(BIN / "dvc"), "repro"],
+        cwd=ws,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    epochs = params["budget"]["epochs"]
+    deadline, killed_at = time.monotonic() + 900, 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = _epochs_recorded(ws, "rpss")
+        if 0 < done < epochs:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed_at = done
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert killed_at, "training finished before it could be killed mid-run"
+    assert not (ws / "data" / "nnUNet_results" / TASK / "rpss" / "fold_0").exists()  # nothing half-done published
+
+    rerun = _dvc("repro", cwd=ws)
+    assert STAGE_RE.findall(rerun.stdout) == [f"train@{TASK}-rpss-0", f"evaluate@{TASK}-rpss-0", "report"]
+    assert "resuming the interrupted run" in rerun.stdout
     lock = yaml.safe_load((ws / "dvc.lock").read_text())
     locked = lock["stages"][f"train@{TASK}-rpss-0"]["params"]["params.yaml"]["trainers.rpss"]
     assert locked["val_iters"] == params["budget"]["val_iters"]
+    assert "Data and pipelines are up to date." in _dvc("status", cwd=ws).stdout
 
-    # two seeded trainings of the same run (the randomly-drawn RPSS curriculum): same numbers
+    # two seeded trainings of the same run (the randomly drawn RPSS curriculum, one killed and resumed)
     after = _metric_values(ws / "results" / "runs" / TASK / "rpss" / "fold_0" / "metrics.json")
     assert after.keys() == before.keys()
+    record = json.loads((ws / "results" / "runs" / TASK / "rpss" / "fold_0" / "metrics.json").read_text())
+    assert [p["epoch"] for p in record["curve"]] == list(range(epochs))  # no gap, no duplicate after the resume
     largest = max(abs(after[k] - before[k]) for k in before)
-    print(f"\n[largest difference between two seeded rpss runs: {largest:.3g}]")
+    print(f"\n[killed after {killed_at} epochs; largest difference between the two seeded rpss runs: {largest:.3g}]")
     assert largest == 0.0, {k: (before[k], after[k]) for k in before if before[k] != after[k]}
 
 
 def test_killed_report_stage_is_not_done_and_reruns(repro: dict) -> None:
     ws, results = repro["ws"], repro["ws"] / "results"
     reference = json.loads((results / "metrics.json").read_text())
-    proc = subprocess.Popen([str(BIN / "dvc"), "repro", "--force", "--single-item", "report"], cwd=ws, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(BIN / "dvc"), "repro", "--force", "--single-item", "report"],
+        cwd=ws,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     caught, deadline = False, time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if any(any(d.glob("*.png")) for d in results.glob(".plots.*partial")):

@@ -23,14 +23,20 @@ BIN = Path(sys.executable).parent
 
 def _pgps(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))
-    return subprocess.run([sys.executable, "-m", "pgps.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pgps.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def _workspace(dst: Path) -> Path:
     """A fresh git copy of the repository's files (no data, no results)."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
-                           capture_output=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True, capture_output=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, files):
         if (ROOT / rel).is_file():
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -45,8 +51,9 @@ def _workspace(dst: Path) -> Path:
 def test_outside_a_dvc_workspace_is_one_clear_error(tmp_path: Path) -> None:
     proc = _pgps("reproduce", cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (f"pgps reproduce: error: {tmp_path}: no dvc.yaml and .dvc/ here; "
-                                   "run `pgps reproduce` from the repository root")
+    assert proc.stderr.strip() == (
+        f"pgps reproduce: error: {tmp_path}: no dvc.yaml and .dvc/ here; run `pgps reproduce` from the repository root"
+    )
 
 
 def test_unknown_or_invalid_profile_leaves_params_untouched(tmp_path: Path) -> None:

@@ -33,16 +33,46 @@ BASE_CASES = [0.60, 0.62, 0.58, 0.70, 0.66, 0.61, 0.64, 0.59]
 PGPS_CASES = [0.65, 0.66, 0.63, 0.73, 0.70, 0.67, 0.69, 0.64]  # all better: Wilcoxon p = 2/2^8
 
 
-def _fold_metrics(run: str, cls: str, fold: int, dice: float, cases: dict[str, float], time_s: float,
-                  co2: float) -> dict:
-    curve = [{"epoch": e, "stage": e, "patch_size": [8 * (e + 1)] * 3, "batch_size": 2,
-              "patch_voxels": float((8 * (e + 1)) ** 3), "wall_time_s": time_s / 4, "elapsed_s": time_s / 4 * (e + 1),
-              "train_loss": 1.0 - 0.1 * e, "val_loss": 1.0 - 0.1 * e, "pseudo_dice": 0.2 * e,
-              "ema_pseudo_dice": 0.1 * e} for e in range(4)]
-    return {"task": "Task901_PGPSSynth", "run": run, "trainer_class": cls, "fold": fold, "dice": dice,
-            "cases": cases, "train_time_s": time_s, "epochs_run": 4, "voxel_fraction": 0.4, "device": "cpu",
-            "energy": {"tracked": True, "energy_kwh": co2 * 2, "co2_kg": co2, "tracking_mode": "machine",
-                       "cpu_model": "test cpu", "gpu_model": ""}, "curve": curve}
+def _fold_metrics(
+    run: str, cls: str, fold: int, dice: float, cases: dict[str, float], time_s: float, co2: float
+) -> dict:
+    curve = [
+        {
+            "epoch": e,
+            "stage": e,
+            "patch_size": [8 * (e + 1)] * 3,
+            "batch_size": 2,
+            "patch_voxels": float((8 * (e + 1)) ** 3),
+            "wall_time_s": time_s / 4,
+            "elapsed_s": time_s / 4 * (e + 1),
+            "train_loss": 1.0 - 0.1 * e,
+            "val_loss": 1.0 - 0.1 * e,
+            "pseudo_dice": 0.2 * e,
+            "ema_pseudo_dice": 0.1 * e,
+        }
+        for e in range(4)
+    ]
+    return {
+        "task": "Task901_PGPSSynth",
+        "run": run,
+        "trainer_class": cls,
+        "fold": fold,
+        "dice": dice,
+        "cases": cases,
+        "train_time_s": time_s,
+        "epochs_run": 4,
+        "voxel_fraction": 0.4,
+        "device": "cpu",
+        "energy": {
+            "tracked": True,
+            "energy_kwh": co2 * 2,
+            "co2_kg": co2,
+            "tracking_mode": "machine",
+            "cpu_model": "test cpu",
+            "gpu_model": "",
+        },
+        "curve": curve,
+    }
 
 
 @pytest.fixture()
@@ -52,15 +82,18 @@ def workspace(tmp_path: Path) -> Path:
     tree["trainers"] = {"constant": {"class": "nnUNetTrainerConstant"}, "pgps": {"class": "nnUNetTrainerPGPS"}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree))
     runs = tmp_path / "results" / "runs" / "Task901_PGPSSynth"
-    specs = {"constant": ("nnUNetTrainerConstant", BASE_CASES, [0.61, 0.65], [100.0, 110.0], [2e-4, 2.2e-4]),
-             "pgps": ("nnUNetTrainerPGPS", PGPS_CASES, [0.66, 0.69], [50.0, 60.0], [1e-4, 1.1e-4])}
+    specs = {
+        "constant": ("nnUNetTrainerConstant", BASE_CASES, [0.61, 0.65], [100.0, 110.0], [2e-4, 2.2e-4]),
+        "pgps": ("nnUNetTrainerPGPS", PGPS_CASES, [0.66, 0.69], [50.0, 60.0], [1e-4, 1.1e-4]),
+    }
     for run, (cls, per_case, dice, times, co2) in specs.items():
         for fold in (0, 1):
             cases = {CASES[i]: per_case[i] for i in range(fold * 4, fold * 4 + 4)}
             folder = runs / run / f"fold_{fold}"
             folder.mkdir(parents=True)
-            (folder / "metrics.json").write_text(json.dumps(
-                _fold_metrics(run, cls, fold, dice[fold], cases, times[fold], co2[fold])))
+            (folder / "metrics.json").write_text(
+                json.dumps(_fold_metrics(run, cls, fold, dice[fold], cases, times[fold], co2[fold]))
+            )
     return tmp_path
 
 
@@ -132,8 +165,12 @@ def test_killed_report_leaves_no_partial_file_as_done(workspace: Path) -> None:
     # the re-run completes and sweeps the killed run's temporaries
     subprocess.run(cmd, cwd=workspace, check=True, capture_output=True)
     assert json.loads((results / "metrics.json").read_text())["tasks"]["Task901_PGPSSynth"]["pgps"]["folds"] == 2
-    assert sorted(p.name for p in (results / "plots").iterdir()) == ["curriculum.png", "learning_curves.png",
-                                                                     "runtime_co2.png"]
+    assert sorted(p.name for p in (results / "plots").iterdir()) == [
+        "curriculum.png",
+        "learning_curves.png",
+        "runtime_co2.png",
+    ]
     assert not [p for p in results.rglob("*partial*")]
-    assert math.isfinite(json.loads((results / "metrics.json").read_text())["tasks"]["Task901_PGPSSynth"]
-                         ["constant"]["dice_mean"])
+    assert math.isfinite(
+        json.loads((results / "metrics.json").read_text())["tasks"]["Task901_PGPSSynth"]["constant"]["dice_mean"]
+    )

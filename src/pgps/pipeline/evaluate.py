@@ -133,26 +133,29 @@ def curve(record: dict, path: Path) -> list[dict]:
         points, elapsed = [], 0.0
         for e in sorted(record["epochs"], key=lambda e: e["epoch"]):
             elapsed += float(e["wall_time"])
-            points.append({
-                "epoch": int(e["epoch"]),
-                "stage": int(e["stage"]),
-                "patch_size": list(e["patch_size"]),
-                "batch_size": int(e["batch_size"]),
-                "patch_voxels": _mean_voxels(e.get("train_input_shapes") or [], e["patch_size"]),
-                "wall_time_s": float(e["wall_time"]),
-                "elapsed_s": elapsed,
-                "train_loss": float(e["train_loss"]),
-                "val_loss": float(e["val_loss"]),
-                "pseudo_dice": float(e.get("mean_pseudo_dice", sum(e["pseudo_dice"]) / len(e["pseudo_dice"]))),
-                "ema_pseudo_dice": float(e["ema_pseudo_dice"]),
-            })
+            points.append(
+                {
+                    "epoch": int(e["epoch"]),
+                    "stage": int(e["stage"]),
+                    "patch_size": list(e["patch_size"]),
+                    "batch_size": int(e["batch_size"]),
+                    "patch_voxels": _mean_voxels(e.get("train_input_shapes") or [], e["patch_size"]),
+                    "wall_time_s": float(e["wall_time"]),
+                    "elapsed_s": elapsed,
+                    "train_loss": float(e["train_loss"]),
+                    "val_loss": float(e["val_loss"]),
+                    "pseudo_dice": float(e.get("mean_pseudo_dice", sum(e["pseudo_dice"]) / len(e["pseudo_dice"]))),
+                    "ema_pseudo_dice": float(e["ema_pseudo_dice"]),
+                }
+            )
         return points
     except (KeyError, TypeError, ZeroDivisionError) as exc:
         raise PGPSError(f"{path}: unexpected run-record layout (missing {exc})") from None
 
 
-def predict_test(params: Params, run_root: Path, trainer_class: str, fold: int, raw_root: Path,
-                 labels: Path | None, out: Path) -> dict[str, Any]:
+def predict_test(
+    params: Params, run_root: Path, trainer_class: str, fold: int, raw_root: Path, labels: Path | None, out: Path
+) -> dict[str, Any]:
     """nnUNetv2_predict on imagesTs into ``out/test_predictions``; score against ``labels`` if present."""
     dataset = dataset_dir(raw_root)
     images = dataset / "imagesTs"
@@ -162,9 +165,27 @@ def predict_test(params: Params, run_root: Path, trainer_class: str, fold: int, 
     env = nnunet_cli.runtime_env(params, nnUNet_raw=raw_root, nnUNet_preprocessed=raw_root, nnUNet_results=run_root)
     env["nnUNet_n_proc_DA"] = str(max(1, params.runtime["da_workers"]))
     n = str(params.num_processes)
-    cmd = [nnunet_cli.script("nnUNetv2_predict"), "-i", str(images), "-o", str(pred), "-d", str(dataset_id(dataset)),
-           "-c", params.configuration, "-tr", trainer_class, "-f", str(fold), "-device", params.device,
-           "-npp", n, "-nps", n]
+    cmd = [
+        nnunet_cli.script("nnUNetv2_predict"),
+        "-i",
+        str(images),
+        "-o",
+        str(pred),
+        "-d",
+        str(dataset_id(dataset)),
+        "-c",
+        params.configuration,
+        "-tr",
+        trainer_class,
+        "-f",
+        str(fold),
+        "-device",
+        params.device,
+        "-npp",
+        n,
+        "-nps",
+        n,
+    ]
     if params.disable_tta:
         cmd.append("--disable_tta")
     nnunet_cli.run(cmd, env, f"{images}: test prediction")
@@ -173,15 +194,29 @@ def predict_test(params: Params, run_root: Path, trainer_class: str, fold: int, 
         labels_json = _load_json(dataset / "dataset.json")["labels"]
         fg = [str(v) for k, v in labels_json.items() if k != "background"]
         summary_path = out / "test_summary.json"
-        nnunet_cli.run([nnunet_cli.script("nnUNetv2_evaluate_simple"), str(labels), str(pred), "-l", *fg,
-                        "-o", str(summary_path), "-np", n], env, f"{labels}: test scoring")
+        nnunet_cli.run(
+            [
+                nnunet_cli.script("nnUNetv2_evaluate_simple"),
+                str(labels),
+                str(pred),
+                "-l",
+                *fg,
+                "-o",
+                str(summary_path),
+                "-np",
+                n,
+            ],
+            env,
+            f"{labels}: test scoring",
+        )
         summary = _load_json(summary_path)
         result.update(dice=float(summary["foreground_mean"]["Dice"]), cases=case_dice(summary, summary_path))
     return result
 
 
-def evaluate(params: Params, run_root: Path, task: str, name: str, fold: int, raw_root: Path,
-             test_labels: Path | None, out: Path) -> dict[str, Any]:
+def evaluate(
+    params: Params, run_root: Path, task: str, name: str, fold: int, raw_root: Path, test_labels: Path | None, out: Path
+) -> dict[str, Any]:
     spec = params.trainer(name)
     folder = fold_dir(run_root, spec.trainer_class, params.configuration, fold)
     summary_path = folder / "validation" / "summary.json"
@@ -222,5 +257,3 @@ def main(args: argparse.Namespace) -> int:
     m = evaluate(params, args.run_root, args.task, args.trainer, args.fold, args.raw_root, args.test_labels, args.out)
     print(f"{args.task} {args.trainer} fold {args.fold}: Dice {m['dice']:.4f}, train time {m['train_time_s']:.1f} s")
     return 0
-
-

@@ -56,8 +56,18 @@ def main(args: argparse.Namespace) -> int:
         # the planner calls torch.set_num_threads(nnUNet_n_proc_DA): 0 (right for CPU training) crashes it
         env["nnUNet_n_proc_DA"] = str(max(1, params.num_processes))
         np = str(params.num_processes)
-        cmd = [nnunet_cli.script("nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id(dataset)),
-               "-c", params.configuration, "--verify_dataset_integrity", "-npfp", np, "-np", np]
+        cmd = [
+            nnunet_cli.script("nnUNetv2_plan_and_preprocess"),
+            "-d",
+            str(dataset_id(dataset)),
+            "-c",
+            params.configuration,
+            "--verify_dataset_integrity",
+            "-npfp",
+            np,
+            "-np",
+            np,
+        ]
         nnunet_cli.run(cmd, env, f"{dataset}: planning")
         planned = dataset_dir(tmp)
         if not (planned / "nnUNetPlans.json").is_file():

@@ -25,11 +25,13 @@ PROFILES_DIR = Path("profiles")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default=None,
-                        help="apply profiles/NAME.yaml (e.g. full: the paper's grid) to params.yaml first")
+    parser.add_argument(
+        "--profile", default=None, help="apply profiles/NAME.yaml (e.g. full: the paper's grid) to params.yaml first"
+    )
     parser.add_argument("--force", action="store_true", help="re-run every stage (dvc repro --force)")
-    parser.add_argument("--list", action="store_true",
-                        help="apply the profile and list the grid's stages (dvc stage list); run nothing")
+    parser.add_argument(
+        "--list", action="store_true", help="apply the profile and list the grid's stages (dvc stage list); run nothing"
+    )
 
 
 def apply_profile(name: str, params_file: Path = PARAMS_FILE) -> bool:
@@ -68,8 +70,11 @@ def main(args: argparse.Namespace) -> int:
         raise PGPSError(f"{Path.cwd()}: no dvc.yaml and .dvc/ here; run `pgps reproduce` from the repository root")
     if args.profile:
         changed = apply_profile(args.profile)
-        print(f"profile {args.profile}: params.yaml " + ("updated (git checkout params.yaml to go back)"
-                                                          if changed else "already matches"), flush=True)
+        print(
+            f"profile {args.profile}: params.yaml "
+            + ("updated (git checkout params.yaml to go back)" if changed else "already matches"),
+            flush=True,
+        )
     load_params(PARAMS_FILE)  # one clear error before DVC starts anything
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])

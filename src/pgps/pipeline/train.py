@@ -53,8 +53,21 @@ def fold_dir(results_root: Path, trainer_class: str, configuration: str, fold: i
 def run_key(params: Params, spec: TrainerSpec, fold: int, dataset: Path) -> str:
     """A hash of what determines the run, so a partial run is resumed only by the same run."""
     h = hashlib.sha256()
-    h.update(json.dumps([spec.trainer_class, spec.budget.__dict__, params.seed, params.device, params.dry_run,
-                         params.codecarbon_country, params.configuration, params.runtime, fold]).encode())
+    h.update(
+        json.dumps(
+            [
+                spec.trainer_class,
+                spec.budget.__dict__,
+                params.seed,
+                params.device,
+                params.dry_run,
+                params.codecarbon_country,
+                params.configuration,
+                params.runtime,
+                fold,
+            ]
+        ).encode()
+    )
     for name in ("nnUNetPlans.json", "splits_final.json", "dataset.json"):
         if (dataset / name).is_file():
             h.update((dataset / name).read_bytes())
@@ -76,11 +89,20 @@ def train(params: Params, name: str, fold: int, preprocessed: Path, out: Path) -
     partial.mkdir(parents=True, exist_ok=True)
     resume = any(partial.glob(f"Dataset*/*/fold_{fold}/checkpoint_*.pth"))
 
-    env = nnunet_cli.runtime_env(params, nnUNet_raw=preprocessed, nnUNet_preprocessed=preprocessed,
-                                 nnUNet_results=partial)
+    env = nnunet_cli.runtime_env(
+        params, nnUNet_raw=preprocessed, nnUNet_preprocessed=preprocessed, nnUNet_results=partial
+    )
     env.update(trainer_env(params, spec))
-    cmd = [nnunet_cli.script("nnUNetv2_train"), str(dataset_id(dataset)), params.configuration, str(fold),
-           "-tr", spec.trainer_class, "-device", params.device]
+    cmd = [
+        nnunet_cli.script("nnUNetv2_train"),
+        str(dataset_id(dataset)),
+        params.configuration,
+        str(fold),
+        "-tr",
+        spec.trainer_class,
+        "-device",
+        params.device,
+    ]
     if resume:
         print(f"resuming the interrupted run in {partial}", flush=True)
         cmd.append("--c")

@@ -43,8 +43,9 @@ def wilcoxon(run_cases: dict[str, float], base_cases: dict[str, float]) -> Wilco
     from scipy.stats import wilcoxon as scipy_wilcoxon
 
     common = sorted(set(run_cases) & set(base_cases))
-    pairs = [(run_cases[c], base_cases[c]) for c in common
-             if not (math.isnan(run_cases[c]) or math.isnan(base_cases[c]))]
+    pairs = [
+        (run_cases[c], base_cases[c]) for c in common if not (math.isnan(run_cases[c]) or math.isnan(base_cases[c]))
+    ]
     n = len(pairs)
     if n == 0:
         return Wilcoxon(0, None, None, "no paired cases")

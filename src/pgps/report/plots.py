@@ -43,8 +43,9 @@ def _save(fig: Any, path: Path) -> None:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
 
 
-def render_pngs(runs: dict[str, dict[str, list[dict[str, Any]]]], metrics: dict[str, Any], baseline: str,
-                out: Path) -> list[str]:
+def render_pngs(
+    runs: dict[str, dict[str, list[dict[str, Any]]]], metrics: dict[str, Any], baseline: str, out: Path
+) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,8 +65,9 @@ def render_pngs(runs: dict[str, dict[str, list[dict[str, Any]]]], metrics: dict[
             axes[row][0].plot(epochs, dice, color=colors[name], label=name, **style)
             axes[row][1].plot(elapsed, dice, color=colors[name], label=name, **style)
         axes[row][0].set(title=f"{task}: pseudo Dice vs epoch", xlabel="epoch", ylabel="pseudo Dice (fg mean)")
-        axes[row][1].set(title=f"{task}: pseudo Dice vs wall time", xlabel="training wall time (s)",
-                         ylabel="pseudo Dice (fg mean)")
+        axes[row][1].set(
+            title=f"{task}: pseudo Dice vs wall time", xlabel="training wall time (s)", ylabel="pseudo Dice (fg mean)"
+        )
         axes[row][0].xaxis.set_major_locator(MaxNLocator(integer=True))
         for ax in axes[row]:
             ax.grid(alpha=0.3)
@@ -81,13 +83,25 @@ def render_pngs(runs: dict[str, dict[str, list[dict[str, Any]]]], metrics: dict[
             for col, key in enumerate(("patch_voxels", "batch_voxels")):
                 epochs, values = _mean_curve(folds, key)
                 # a step per epoch, drawn to the end of the last epoch
-                axes[row][col].step(epochs + [epochs[-1] + 1], values + [values[-1]], where="post",
-                                    color=colors[name], label=name, linewidth=2.5 if name == baseline else 2,
-                                    linestyle=dashes[i % len(dashes)])
-        axes[row][0].set(title=f"{task}: curriculum, voxels per training sample", xlabel="epoch",
-                         ylabel="voxels per sample (epoch mean)")
-        axes[row][1].set(title=f"{task}: voxels per batch (sample x batch size)", xlabel="epoch",
-                         ylabel="voxels per batch (epoch mean)")
+                axes[row][col].step(
+                    epochs + [epochs[-1] + 1],
+                    values + [values[-1]],
+                    where="post",
+                    color=colors[name],
+                    label=name,
+                    linewidth=2.5 if name == baseline else 2,
+                    linestyle=dashes[i % len(dashes)],
+                )
+        axes[row][0].set(
+            title=f"{task}: curriculum, voxels per training sample",
+            xlabel="epoch",
+            ylabel="voxels per sample (epoch mean)",
+        )
+        axes[row][1].set(
+            title=f"{task}: voxels per batch (sample x batch size)",
+            xlabel="epoch",
+            ylabel="voxels per batch (epoch mean)",
+        )
         for ax in axes[row]:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylim(bottom=0)
@@ -135,14 +149,32 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def write_plot_data(runs: dict[str, dict[str, list[dict[str, Any]]]], metrics: dict[str, Any], out: Path) -> None:
     """CSV files DVC's `plots` section renders (`dvc plots show`)."""
-    curve_cols = ["task", "run", "fold", "epoch", "stage", "elapsed_s", "pseudo_dice", "ema_pseudo_dice",
-                  "patch_voxels", "batch_size", "train_loss", "val_loss"]
+    curve_cols = [
+        "task",
+        "run",
+        "fold",
+        "epoch",
+        "stage",
+        "elapsed_s",
+        "pseudo_dice",
+        "ema_pseudo_dice",
+        "patch_voxels",
+        "batch_size",
+        "train_loss",
+        "val_loss",
+    ]
     curve_rows = [
         {"task": task, "run": name, "fold": f["fold"], **{c: p[c] for c in curve_cols[3:]}}
-        for task, by_run in runs.items() for name, folds in by_run.items() for f in folds for p in f["curve"]
+        for task, by_run in runs.items()
+        for name, folds in by_run.items()
+        for f in folds
+        for p in f["curve"]
     ]
     atomic.write_text(out / "learning_curves.csv", _csv(curve_rows, curve_cols))
     bar_cols = ["task", "run", "train_time_s", "energy_kwh", "co2_kg", "dice_mean"]
-    bar_rows = [{"task": task, "run": name, **{c: r[c] for c in bar_cols[2:]}}
-                for task, rows in metrics["tasks"].items() for name, r in rows.items()]
+    bar_rows = [
+        {"task": task, "run": name, **{c: r[c] for c in bar_cols[2:]}}
+        for task, rows in metrics["tasks"].items()
+        for name, r in rows.items()
+    ]
     atomic.write_text(out / "runtime_co2.csv", _csv(bar_rows, bar_cols))
