@@ -114,3 +114,39 @@ def pgps(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout:
     return subprocess.run(
         [str(VENV_BIN / "pgps"), *args], cwd=cwd, capture_output=True, text=True, env=full, timeout=timeout
     )
+
+
+REPO = Path(__file__).resolve().parents[1]
+_SKIP_TOP = ("tests/", "benchmarks/", "docker/", "Dockerfile", "data/", "results/", "logs/")
+
+
+def copy_pipeline_repo(dest: Path, params_update: dict) -> Path:
+    """A fresh copy of this repository's DVC pipeline (code, dvc.yaml, params.yaml, .dvc/config; no data),
+    with ``params_update`` merged into params.yaml (top-level keys replaced), as its own git repo."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    dest.mkdir(parents=True)
+    for rel in files:
+        if not rel or rel.startswith(_SKIP_TOP) or not (REPO / rel).is_file():
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_bytes((REPO / rel).read_bytes())
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params.update(params_update)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    return dest
+
+
+def structure(obj: object) -> object:
+    """Keys and value types of a JSON tree, without the numbers."""
+    if isinstance(obj, dict):
+        return {k: structure(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [structure(v) for v in obj[:1]]
+    if isinstance(obj, bool) or obj is None:
+        return type(obj).__name__
+    if isinstance(obj, (int, float)):
+        return "number"
+    return type(obj).__name__

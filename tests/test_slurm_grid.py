@@ -17,7 +17,16 @@ from pathlib import Path
 import pytest
 
 from pgps.grid.runner import read_attempts
-from test_grid_helpers import assert_record_complete, dvc_status, make_toy_repo, pgps, read_record
+from test_grid_helpers import (
+    VENV_BIN,
+    assert_record_complete,
+    copy_pipeline_repo,
+    dvc_status,
+    make_toy_repo,
+    pgps,
+    read_record,
+    structure,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -174,3 +183,103 @@ def test_slurm_time_limit_checkpoints_and_requeues(slurm_cluster: dict[str, str]
     assert_record_complete(rec, epochs)
     assert len(rec["resumes"]) >= 1 and all(r["at_epoch"] > 0 for r in rec["resumes"])
     assert "up to date" in dvc_status(repo)
+
+
+# the reduced pipeline for CI: one task, one fold, the baseline and PGPS, 4 epochs x 2 iterations
+REDUCED = {
+    "tasks": ["Task901_PGPSSynth"],
+    "folds": [0],
+    "trainers": {"constant": {"class": "nnUNetTrainerConstant"}, "pgps": {"class": "nnUNetTrainerPGPS"}},
+    "budget": {"epochs": 4, "iters_per_epoch": 2, "val_iters": 1, "dry_run": "auto"},
+    "grid": {
+        "default": {"cpus": 1, "mem_gb": 1, "gpus": 0, "time_min": 30},
+        "stages": {
+            "train": {"cpus": 1, "mem_gb": 2, "gpus": 0, "time_min": 30},
+            "evaluate": {"cpus": 1, "mem_gb": 2, "gpus": 0, "time_min": 30},
+        },
+    },
+}
+PGPS_RUN = "train@Task901_PGPSSynth-pgps-0"
+
+
+@pytest.mark.slow
+def test_slurm_reduced_pipeline_grid_cancel_requeue_then_dvc_has_nothing_to_do(
+    slurm_cluster: dict[str, str], tmp_path: Path
+) -> None:
+    """The real pipeline (nnU-Net plan/train/evaluate, pgps report) through `pgps grid submit`; the PGPS
+    training is scancelled after its first epoch and requeued; a sequential `dvc repro` of the same
+    params runs alongside as the reference. ~4 min on 2 idle cores."""
+    env = slurm_cluster | {"PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    grid_repo = copy_pipeline_repo(tmp_path / "grid", REDUCED)
+    seq_repo = copy_pipeline_repo(tmp_path / "seq", REDUCED)
+    seq_log = (tmp_path / "seq.log").open("w")
+    t0 = time.time()
+    seq = subprocess.Popen(
+        [str(VENV_BIN / "dvc"), "repro"], cwd=seq_repo, env=os.environ | env, stdout=seq_log, stderr=subprocess.STDOUT
+    )
+    try:
+        sub = pgps(["grid", "submit"], grid_repo, env)
+        assert sub.returncode == 0, sub.stderr
+
+        def pgps_mid_run(rows: list[dict]) -> bool:
+            row = {r["run"]: r for r in rows}[PGPS_RUN]
+            return row["state"] == "running" and row["epoch"] is not None and 1 <= row["epoch"] < 4
+
+        row = {r["run"]: r for r in wait_grid(grid_repo, env, 900, until=pgps_mid_run)}[PGPS_RUN]
+        assert row["num_epochs"] == 4 and row["num_stages"] >= 2 and row["seconds_left"] is not None
+        cancel = subprocess.run(["scancel", row["job_id"]], env=os.environ | env, capture_output=True)
+        assert cancel.returncode == 0, cancel.stderr
+
+        def cancelled(rows: list[dict]) -> bool:
+            return {r["run"]: r for r in rows}[PGPS_RUN]["state"] == "failed"
+
+        wait_grid(grid_repo, env, 120, until=cancelled)
+        req = pgps(["grid", "requeue", PGPS_RUN], grid_repo, env)
+        assert req.returncode == 0, req.stderr
+        rows = {r["run"]: r for r in wait_grid(grid_repo, env, 1200)}
+        grid_wall = time.time() - t0
+        assert {r["state"] for r in rows.values()} == {"done"}, rows
+        assert seq.wait(timeout=1200) == 0, (tmp_path / "seq.log").read_text()[-3000:]
+        seq_wall = time.time() - t0
+    finally:
+        if seq.poll() is None:
+            seq.kill()
+            seq.wait()
+        seq_log.close()
+    print(f"reduced grid on the local cluster: {grid_wall:.0f} s; sequential dvc repro alongside: {seq_wall:.0f} s")
+
+    # the cancelled run resumed from its checkpoint at the stage the schedule gives that epoch
+    (record,) = (grid_repo / "data" / "nnUNet_results" / "Task901_PGPSSynth" / "pgps").rglob("pgps_record.json")
+    rec = read_record(record)
+    sched = rec["schedule"]["stages"]
+    want = [next(i for i, s in enumerate(sched) if s["start_epoch"] <= e < s["end_epoch"]) for e in range(4)]
+    assert [e["epoch"] for e in rec["epochs"]] == [0, 1, 2, 3]
+    assert [e["stage"] for e in rec["epochs"]] == want
+    assert [e["patch_size"] for e in rec["epochs"]] == [sched[s]["patch_size"] for s in want]
+    assert len(rec["resumes"]) == 1 and rec["resumes"][0]["at_epoch"] >= 1
+    assert rows[PGPS_RUN]["attempts"] == 2
+
+    # after the grid, DVC has nothing left to do: status clean, repro runs no stage
+    assert "up to date" in dvc_status(grid_repo)
+    finals = {p: p.stat().st_mtime_ns for p in (grid_repo / "data" / "nnUNet_results").rglob("checkpoint_final.pth")}
+    assert len(finals) == 2
+    repro = subprocess.run(
+        [str(VENV_BIN / "dvc"), "repro"], cwd=grid_repo, env=os.environ | env, capture_output=True, text=True
+    )
+    assert repro.returncode == 0 and "Running stage" not in repro.stdout, repro.stdout
+    assert {p: p.stat().st_mtime_ns for p in finals} == finals
+
+    # the report has the structure of the sequential run's
+    def files(root: Path) -> list[str]:
+        return sorted(str(p.relative_to(root)) for p in (root / "results").rglob("*") if p.is_file())
+
+    assert files(grid_repo) == files(seq_repo)
+    g_metrics = json.loads((grid_repo / "results" / "metrics.json").read_text())
+    s_metrics = json.loads((seq_repo / "results" / "metrics.json").read_text())
+    assert structure(g_metrics) == structure(s_metrics)
+    g_md = (grid_repo / "results" / "report.md").read_text().splitlines()
+    s_md = (seq_repo / "results" / "report.md").read_text().splitlines()
+    assert [ln for ln in g_md if ln.startswith("#")] == [ln for ln in s_md if ln.startswith("#")]
+    assert [ln.split("|")[1] for ln in g_md if ln.startswith("|")] == [
+        ln.split("|")[1] for ln in s_md if ln.startswith("|")
+    ]
