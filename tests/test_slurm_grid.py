@@ -107,6 +107,8 @@ def test_slurm_grid_arrays_dependencies_fake_gpus(slurm_cluster: dict[str, str],
     repo = make_toy_repo(tmp_path / "repo", ["A", "B"], [0, 1], epochs=2, epoch_s=0.2, grid=SMALL)
     sub = pgps(["grid", "submit"], repo, slurm_cluster)
     assert sub.returncode == 0, sub.stderr
+    again = pgps(["grid", "submit"], repo, slurm_cluster)  # a grid in flight is not overwritten
+    assert again.returncode == 2 and "of the last submission have not ended" in again.stderr
     rows = {r["run"]: r for r in wait_grid(repo, slurm_cluster, 120)}
     assert {r["state"] for r in rows.values()} == {"done"}, rows
     # one array per task's trainings (ids N_0, N_1), each waiting for that task's planning only
@@ -165,6 +167,20 @@ def test_slurm_cancelled_training_requeued_resumes_at_its_stage(slurm_cluster: d
     assert len(starts) == 2 and starts[0]["job_id"] == starts[1]["job_id"]  # the same job, requeued
     assert rows["train@A-1"]["attempts"] == 2 and rows["train@A-0"]["attempts"] == 1
     assert "up to date" in dvc_status(repo)
+
+
+def test_slurm_grid_cancel_stops_every_job(slurm_cluster: dict[str, str], tmp_path: Path) -> None:
+    repo = make_toy_repo(tmp_path / "repo", ["A"], [0, 1], epochs=60, epoch_s=1.0, grid=SMALL)
+    assert pgps(["grid", "submit", "--gpus", "0"], repo, slurm_cluster).returncode == 0
+    wait_grid(
+        repo, slurm_cluster, 60, until=lambda rows: any(r["state"] == "running" for r in rows if "train" in r["run"])
+    )
+    proc = pgps(["grid", "cancel"], repo, slurm_cluster)
+    assert proc.returncode == 0 and proc.stdout.startswith("cancelled "), proc.stderr
+    rows = wait_grid(repo, slurm_cluster, 60, until=lambda rs: all(r["state"] in ("done", "failed") for r in rs))
+    assert {r["run"]: r["state"] for r in rows}["train@A-0"] == "failed"
+    squeue = subprocess.run(["squeue", "-h"], env=os.environ | slurm_cluster, capture_output=True, text=True)
+    assert squeue.stdout.strip() == ""
 
 
 def test_slurm_time_limit_checkpoints_and_requeues(slurm_cluster: dict[str, str], tmp_path: Path) -> None:

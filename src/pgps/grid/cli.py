@@ -34,6 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r = sub.add_parser("requeue", help="put cancelled/failed/running runs back in the queue (they resume)")
     r.add_argument("runs", nargs="+", help="run names as `pgps grid status` lists them")
     r.add_argument("--folder", type=Path, default=DEFAULT_FOLDER)
+    c = sub.add_parser("cancel", help="scancel every job of the grid that has not ended")
+    c.add_argument("--folder", type=Path, default=DEFAULT_FOLDER)
+
+
+def _active(folder: Path) -> list[str]:
+    """Runs of an earlier submission in ``folder`` that are still queued, blocked or running."""
+    if not (folder / "grid.json").is_file():
+        return []
+    from pgps.grid.status import collect
+
+    return [r["run"] for r in collect(load_state(folder)) if r["state"] in ("queued", "blocked", "running")]
 
 
 def _apply_profile(name: str) -> None:
@@ -56,6 +67,14 @@ def _submit(args: argparse.Namespace) -> int:
             f"{args.params}: grid.stages.{unknown[0]}: not a stage of dvc.yaml (stages: {', '.join(sorted(groups))})"
         )
     runnable = grid.runnable()
+    if not args.dry_run:
+        active = _active(args.folder)
+        if active:
+            raise PGPSError(
+                f"{args.folder / 'grid.json'}: {len(active)} jobs of the last submission have not ended "
+                f"({', '.join(active[:3])}{', …' if len(active) > 3 else ''}); wait, `pgps grid cancel`, "
+                "or submit with another --folder"
+            )
     if args.dry_run:
         for job in runnable:
             res = config.resources(job.group)
@@ -98,6 +117,11 @@ def main(args: argparse.Namespace) -> int:
 
         rows = collect(state)
         print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+        return 0
+    if args.grid_command == "cancel":
+        from pgps.grid.requeue import cancel
+
+        print(cancel(state))
         return 0
     from pgps.grid.requeue import requeue
 

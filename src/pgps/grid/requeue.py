@@ -1,5 +1,5 @@
-"""`pgps grid requeue RUN…`: put a training (or any stage) back in the queue after it was cancelled,
-failed or is still running, and let the jobs that wait for it wait again.
+"""`pgps grid requeue RUN…`: put a training (or any stage) back in the queue after it was cancelled, failed
+or while it runs, and let the jobs that wait for it wait again. `pgps grid cancel`: stop the whole grid.
 
 SLURM 22.05 marks a dependency on a cancelled job as never satisfiable and does not look again once that
 job is requeued, so the dependents' ``afterok`` lists are set anew from the grid's state file.
@@ -48,3 +48,18 @@ def requeue(state: dict[str, Any], runs: list[str]) -> list[str]:
         )
         done.append(f"dependencies of {name} (job {job['job_id']}) set again")
     return done
+
+
+def cancel(state: dict[str, Any]) -> str:
+    """scancel the grid's jobs that have not ended (SLURM only; a local grid stops with Ctrl-C)."""
+    if state["executor"] != "slurm":
+        raise PGPSError("grid.json: cancel is for SLURM grids; stop a local grid with Ctrl-C (SIGTERM)")
+    from pgps.grid.sacct import job_states
+
+    ids = [j["job_id"] for j in state["jobs"].values()]
+    live = sorted(j for j, (st, _) in job_states(ids).items() if st in ("queued", "blocked", "running"))
+    if live:
+        proc = subprocess.run(["scancel", *live], capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise PGPSError(f"scancel: {proc.stderr.strip() or 'failed'}")
+    return f"cancelled {len(live)} jobs" if live else "no job of this grid is queued or running"
