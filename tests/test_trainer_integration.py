@@ -1,6 +1,7 @@
 """End-to-end through nnU-Net's own CLI on the reduced task (CPU): PGPS training, the shapes the
 network really received, codecarbon per stage, prediction with the PGPS checkpoint, trainer
-lookup via nnUNet_extTrainer, SIGKILL mid-curriculum + ``--c`` resume. Runtime: ~2.5 min."""
+lookup via nnUNet_extTrainer, SIGKILL mid-curriculum + ``--c`` resume.
+Runtime: ~5.5 min on a loaded 2-core box (load ~8), est. ~2 min on 2 free cores."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from test_trainer_fixtures import BIN, DATASET_ID, fold_dir, load_plans, nnunet_
 
 pytestmark = pytest.mark.slow
 
-BUDGET = {"PGPS_NUM_EPOCHS": "6", "PGPS_ITERS_PER_EPOCH": "2", "PGPS_VAL_ITERS": "1", "PGPS_SEED": "7"}
+BUDGET = {"PGPS_NUM_EPOCHS": "6", "PGPS_ITERS_PER_EPOCH": "1", "PGPS_VAL_ITERS": "1", "PGPS_SEED": "7"}
 
 
 def train_cmd(trainer: str = "nnUNetTrainerPGPS", *extra: str) -> list[str]:
@@ -60,7 +61,7 @@ def test_network_saw_the_schedule_and_validated_at_full_patch(root: Path, refere
     for e in rec["epochs"]:
         stage = sched.stage_at(e["epoch"])
         assert e["patch_size"] == list(stage.patch_size)
-        assert e["train_input_shapes"] == [{"shape": [stage.batch_size, 1, *stage.patch_size], "count": 2}]
+        assert e["train_input_shapes"] == [{"shape": [stage.batch_size, 1, *stage.patch_size], "count": 1}]
         assert e["val_input_shapes"] == [{"shape": [bs, 1, *planned], "count": 1}]
         assert np.isfinite(e["train_loss"]) and e["wall_time"] > 0
     assert rec["schedule"] == json.loads(json.dumps(sched.to_dict()))
