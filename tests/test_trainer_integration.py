@@ -196,7 +196,7 @@ def test_sigkill_mid_curriculum_then_resume_matches_uninterrupted(root: Path, re
         proc.wait()
     latest = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)  # never torn
     killed_at = latest["current_epoch"]
-    assert 3 <= killed_at < 6
+    assert 2 <= killed_at < 6  # the record is written before the checkpoint, so it may be one epoch ahead
     assert len(read_record(fold)["epochs"]) >= killed_at  # the record is never behind the checkpoint
 
     # a different budget is refused with a clear message instead of silently restarting the curriculum
