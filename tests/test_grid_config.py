@@ -13,7 +13,7 @@ from submitit.slurm.slurm import _make_sbatch_string
 from pgps.errors import PGPSError
 from pgps.grid.config import GridConfig, Resources, add_resource_flags, apply_flags, parse_grid_section
 from pgps.grid.slurm import _parameters
-from test_grid_helpers import make_toy_repo, pgps
+from test_grid_helpers import copy_pipeline_repo, make_toy_repo, pgps
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -120,3 +120,20 @@ def test_dry_run_lists_jobs_requests_and_order(tmp_path: Path) -> None:
     assert lines[-2] == "report: 1 cpus, 1 GB, 0 gpus, 5 min after train@A-0, train@A-1"
     assert lines[-1] == "4 jobs (0 stages already up to date)"
     assert not (repo / "logs").exists()  # nothing submitted, nothing written
+
+
+def test_full_profile_dry_run_is_the_papers_grid_on_gpus(tmp_path: Path) -> None:
+    """`--profile full` applies the profile as `pgps reproduce` does; every run becomes one GPU job."""
+    repo = copy_pipeline_repo(tmp_path / "repo", {})
+    full = yaml.safe_load((repo / "profiles" / "full.yaml").read_text())
+    proc = pgps(["grid", "submit", "--profile", "full", "--dry-run"], repo)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    runs = len(full["tasks"]) * len(full["trainers"]) * len(full["folds"])
+    trains = [ln for ln in lines if ln.startswith("train@")]
+    assert len(trains) == runs
+    assert len([ln for ln in lines if ln.startswith("evaluate@")]) == runs
+    req = full["grid"]["stages"]["train"]
+    assert all(f"{req['gpus']} gpus, {req['time_min']} min after plan@" in ln for ln in trains)
+    assert lines[-1] == f"{3 * len(full['tasks']) + 2 * runs + 1} jobs (0 stages already up to date)"
+    assert yaml.safe_load((repo / "params.yaml").read_text())["profile"] == "full"
