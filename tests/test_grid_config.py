@@ -136,4 +136,4 @@ def test_full_profile_dry_run_is_the_papers_grid_on_gpus(tmp_path: Path) -> None
     req = full["grid"]["stages"]["train"]
     assert all(f"{req['gpus']} gpus, {req['time_min']} min after plan@" in ln for ln in trains)
     assert lines[-1] == f"{3 * len(full['tasks']) + 2 * runs + 1} jobs (0 stages already up to date)"
-    assert yaml.safe_load((repo / "params.yaml").read_text())["profile"] == "full"
+    assert yaml.safe_load((repo / "params.yaml").read_text())["profile"] == "default"  # a dry run changes nothing

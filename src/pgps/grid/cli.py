@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from pgps.errors import PGPSError
@@ -56,10 +57,17 @@ def _apply_profile(name: str) -> None:
 def _submit(args: argparse.Namespace) -> int:
     from pgps.grid.dag import load_grid
 
-    if args.profile:
-        _apply_profile(args.profile)
-    config = apply_flags(load_grid_config(args.params), args)
-    grid = load_grid(Path.cwd())
+    saved = args.params.read_bytes() if args.profile and args.dry_run and args.params.is_file() else None
+    try:
+        if args.profile:
+            _apply_profile(args.profile)
+        config = apply_flags(load_grid_config(args.params), args)
+        grid = load_grid(Path.cwd())
+    finally:
+        if saved is not None:  # a dry run leaves params.yaml as it was (temp file + rename)
+            tmp = args.params.with_name(f".{args.params.name}.grid.partial")
+            tmp.write_bytes(saved)
+            os.replace(tmp, args.params)
     groups = {j.group for j in grid.jobs.values()}
     unknown = sorted({name for name, _ in config.stages} - groups)
     if unknown and config.stages_explicit:
