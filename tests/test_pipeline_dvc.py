@@ -228,7 +228,8 @@ def test_killed_report_stage_is_not_done_and_reruns(repro: dict) -> None:
     assert caught, "the report stage finished before it could be killed mid-write"
     assert not (results / "metrics.json").exists()  # DVC removed the old one; the new one never landed
     assert "report" in _dvc("status", cwd=ws).stdout
-    rerun = _dvc("repro", cwd=ws)
+    # --no-run-cache: really run `pgps report` again (DVC would otherwise restore the same outputs from its cache)
+    rerun = _dvc("repro", "--no-run-cache", cwd=ws)
     assert STAGE_RE.findall(rerun.stdout) == ["report"]
     assert json.loads((results / "metrics.json").read_text())["tasks"] == reference["tasks"]
     assert not list(results.rglob("*partial*"))
