@@ -31,6 +31,10 @@ if [ ! -w "${HOME:-/nonexistent}" ]; then
   export HOME=/tmp/pgps-home
   mkdir -p "$HOME"
 fi
+# ...nor a user name: getpass.getuser() (DVC's site cache, torch's compile cache) then raises unless USER is set
+if ! id -un >/dev/null 2>&1; then
+  export USER="uid$(id -u)" LOGNAME="uid$(id -u)"
+fi
 
 # nnU-Net's defaults are for GPUs. Without one: no torch.compile, augmentation in-process, one process per core.
 # Values passed with `docker run -e` win.
@@ -57,7 +61,7 @@ prepare_workspace() {
   # new image re-runs exactly the stages whose code changed
   [ -e src ] || [ -L src ] || ln -s "$pipeline_src/src" src
   # DVC cache and state live in the workspace (on the volume); no git needed inside the container
-  [ -d .dvc ] || dvc init --no-scm --quiet
+  [ -d .dvc ] || dvc init --no-scm --quiet || die "$workspace: dvc init --no-scm failed (see above)"
 }
 
 cmd=${1:-help}
