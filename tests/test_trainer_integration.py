@@ -71,7 +71,7 @@ def test_network_saw_the_schedule_and_validated_at_full_patch(root: Path, refere
     assert saved["patch_size"] == planned and saved["batch_size"] == bs
     # budget knobs actually used, and the dry run at the planned size, are on disk
     cfg = json.loads((reference / "pgps_config.json").read_text())
-    assert cfg["knobs"]["num_epochs"] == 6 and cfg["knobs"]["iters_per_epoch"] == 2 and cfg["knobs"]["seed"] == 7
+    assert cfg["knobs"]["num_epochs"] == 6 and cfg["knobs"]["iters_per_epoch"] == 1 and cfg["knobs"]["seed"] == 7
     assert [d["patch_size"] for d in cfg["dry_runs"]] == [planned]
     # final sliding-window validation ran
     summary = json.loads((reference / "validation" / "summary.json").read_text())
