@@ -40,7 +40,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run(cmd: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], cwd: Path, timeout: float = 2400) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
     output = f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{output}"
