@@ -172,11 +172,57 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def build_result(
+    raws: list[dict],
+    baseline: str,
+    started: dt.datetime,
+    info: dict,
+    args: argparse.Namespace,
+    dataset: str,
+    wall_s: float,
+) -> dict:
+    """The results file: config, machine, targets, per-trainer aggregates and every run's numbers."""
+    summaries = [{**summarize_run(r), "rep": r["rep"]} for r in raws]
+    agg = aggregate(summaries, baseline)
+    return {
+        "created": started.isoformat(timespec="seconds"),
+        "machine": info,
+        "config": {
+            "dataset": dataset,
+            "variant": args.variant,
+            "seed": args.seed,
+            "baseline": baseline,
+            "trainers": args.trainers,
+            "repetitions": max(r["rep"] for r in raws) + 1,
+            "repetitions_requested": args.reps,
+            "order": "interleaved: " + " ".join(short(t) for t in args.trainers) + " per repetition",
+            "epochs": args.epochs,
+            "iters_per_epoch": args.iters,
+            "val_iters": args.val_iters,
+            "save_every": args.save_every,
+            "device": args.device,
+            "env": {k: os.environ.get(k) for k in ("nnUNet_compile", "nnUNet_n_proc_DA", "nnUNet_def_n_proc")},
+            "command": "make bench  # = .venv/bin/python benchmarks/run_benchmark.py " + " ".join(sys.argv[1:]),
+        },
+        "targets": check_targets(agg, baseline, PGPS),
+        "trainers": agg,
+        "runs": summaries,
+        "bench_wall_s": wall_s,
+    }
+
+
+def targets_text(result: dict) -> str:
+    return "\n".join(
+        f"- target {name}: {fmt(t['value'], 4)} vs limit {fmt(t['limit'], 4)} -> {'met' if t['met'] else 'MISSED'}"
+        for name, t in result["targets"].items()
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (>= 3 for a spread)")
     p.add_argument("--epochs", type=int, default=9, help="epochs per run (9 = one per PGPS stage on Task901)")
-    p.add_argument("--iters", type=int, default=12, help="training iterations per epoch")
+    p.add_argument("--iters", type=int, default=10, help="training iterations per epoch")
     p.add_argument("--val-iters", type=int, default=2, help="validation iterations per epoch (nnU-Net: 1/5)")
     p.add_argument(
         "--save-every",
@@ -211,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: {dataset} ready (prepare {prep.get('prepare_s', 0):.1f} s, cached if 0)")
     runs = args.work / "runs" / started.strftime("%Y%m%dT%H%M%SZ")
     raws: list[dict] = []
+    baseline = args.trainers[0]
+    stem = f"{machine_slug(info)}-{started.strftime('%Y-%m-%d')}"
+    json_path, png = args.out / f"{stem}.json", args.out / f"{stem}.png"
+    result: dict = {}
     for rep in range(args.reps):
         for trainer in args.trainers:
             raw = run_one(trainer, rep, dataset, args.work, runs, args)
@@ -220,44 +270,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"{raw['process_s']:6.1f} s, Dice {raw['dice_foreground_mean']:.3f}",
                 flush=True,
             )
-    summaries = [{**summarize_run(r), "rep": r["rep"]} for r in raws]
-    baseline = args.trainers[0]
-    agg = aggregate(summaries, baseline)
-    result = {
-        "created": started.isoformat(timespec="seconds"),
-        "machine": info,
-        "config": {
-            "dataset": dataset,
-            "variant": args.variant,
-            "seed": args.seed,
-            "baseline": baseline,
-            "trainers": args.trainers,
-            "repetitions": args.reps,
-            "order": "interleaved: " + " ".join(short(t) for t in args.trainers) + " per repetition",
-            "epochs": args.epochs,
-            "iters_per_epoch": args.iters,
-            "val_iters": args.val_iters,
-            "save_every": args.save_every,
-            "device": args.device,
-            "env": {k: os.environ.get(k) for k in ("nnUNet_compile", "nnUNet_n_proc_DA", "nnUNet_def_n_proc")},
-        },
-        "targets": check_targets(agg, baseline, PGPS),
-        "trainers": agg,
-        "runs": summaries,
-        "bench_wall_s": None,
-    }
-    result["bench_wall_s"] = time.perf_counter() - t_start
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{machine_slug(info)}-{started.strftime('%Y-%m-%d')}"
-    json_path = args.out / f"{stem}.json"
-    atomic_write(json_path, json.dumps(result, indent=1) + "\n")
-    png = plot(result, args.out / f"{stem}.png")
+        # written after every repetition: an interrupted bench keeps its complete repetitions
+        result = build_result(raws, baseline, started, info, args, dataset, time.perf_counter() - t_start)
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic_write(json_path, json.dumps(result, indent=1) + "\n")
+        plot(result, png)
+        atomic_write(json_path.with_suffix(".md"), table(result) + "\n\n" + targets_text(result) + "\n")
     shutil.copyfile(json_path, runs / "result.json")
     print()
     print(table(result))
     print()
-    for name, t in result["targets"].items():
-        print(f"target {name}: {fmt(t['value'], 4)} vs limit {fmt(t['limit'], 4)} -> {'met' if t['met'] else 'MISSED'}")
+    print(targets_text(result))
     print(f"bench: wrote {json_path} and {png} in {result['bench_wall_s']:.0f} s")
     return 0
 
