@@ -52,7 +52,7 @@ def prepare(work: Path, variant: str, seed: int, bin_dir: Path) -> dict:
         except json.JSONDecodeError:
             have = {}
         if {k: have.get(k) for k in want} == want:
-            return have
+            return {**have, "cached": True}
     env = {**os.environ, **nnunet_dirs(work), "nnUNet_n_proc_DA": "1"}  # 0 crashes the planner (DESIGN.md)
     for d in nnunet_dirs(work).values():
         Path(d).mkdir(parents=True, exist_ok=True)

@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: {info['cpu']} x{info['cores']}, {info['device']}; load {info['load_average_at_start']}")
     prep = prepare(args.work, args.variant, args.seed, Path(sys.executable).parent)
     dataset = prep["dataset"]
-    print(f"bench: {dataset} ready (prepare {prep.get('prepare_s', 0):.1f} s, cached if 0)")
+    how = "already prepared" if prep.get("cached") else f"prepared in {prep['prepare_s']:.1f} s"
+    print(f"bench: {dataset} {how}")
     runs = args.work / "runs" / started.strftime("%Y%m%dT%H%M%SZ")
     raws: list[dict] = []
     baseline = args.trainers[0]
