@@ -95,7 +95,10 @@ def check_record(trainer) -> dict:
     ],
 )
 def test_mode_trains_on_its_schedule(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    kn = {"nnUNetTrainerRPSS": {"PGPS_ITERS_PER_EPOCH": "4"}, "nnUNetTrainerConstant": {"PGPS_NUM_EPOCHS": "2"}}
+    kn = {
+        "nnUNetTrainerRPSS": {"PGPS_ITERS_PER_EPOCH": "4"},
+        "nnUNetTrainerConstant": {"PGPS_NUM_EPOCHS": "2", "PGPS_CODECARBON": "DEU"},
+    }
     kn = kn.get(name, {})
     trainer = make_trainer(root, tmp_path, name, monkeypatch, **kn)
     trainer.run_training()
@@ -104,6 +107,11 @@ def test_mode_trains_on_its_schedule(root: Path, tmp_path: Path, monkeypatch: py
     first = sched.stages[0]
     if name == "nnUNetTrainerConstant":
         assert len(sched.stages) == 1 and trainer.oversample_foreground_percent == pytest.approx(0.33)
+        # the baseline is energy-tracked like the curricula: one codecarbon task for its one stage
+        fold = Path(trainer.output_folder)
+        assert len((fold / "emissions.csv").read_text().strip().splitlines()) == 2  # header + the run's row
+        (tasks,) = [p for p in fold.glob("emissions_*.csv") if p.name != "emissions.csv"]
+        assert tasks.read_text().splitlines()[1].split(",")[0] == "stage00_32x32x32_b2"
     if name == "nnUNetTrainerPGPSPlus":
         assert first.batch_size > sched.planned_batch_size  # the batch really grew at the small patch
     if name == "nnUNetTrainerRPSS":
