@@ -212,9 +212,12 @@ def build_schedule(
     seed: int = 0,
     start_bottleneck: tuple[int, ...] | None = None,
     stage_epochs: list[int] | None = None,
+    stage_indices: list[int] | None = None,
 ) -> Schedule:
     """Compute the curriculum. ``stage_epochs`` overrides the even split (used by the
-    time-budgeted curriculum); it must give one positive count per stage summing to ``epochs``."""
+    time-budgeted curriculum); it must give one positive count per stage summing to ``epochs``.
+    ``stage_indices`` keeps only those stages of the mode's full curriculum (a budget too short
+    for every stage thins it); they must rise strictly and end at the full-size stage."""
     patch = tuple(int(x) for x in patch_size)
     pools = tuple(int(x) for x in poolings)
     _validate(patch, pools, epochs, batch_size)
@@ -232,6 +235,14 @@ def build_schedule(
     if mode == "rpss":
         candidates = tuple(patches)
         patches = [patch]
+
+    if stage_indices is not None:
+        idx = list(stage_indices)
+        if not idx or idx != sorted(set(idx)) or idx[0] < 0 or idx[-1] != len(patches) - 1:
+            raise ScheduleError(
+                f"stage_indices {idx} must rise strictly within 0..{len(patches) - 1} and end at the full-size stage"
+            )
+        patches = [patches[i] for i in idx]
 
     if stage_epochs is not None:
         if len(stage_epochs) != len(patches) or any(e < 1 for e in stage_epochs) or sum(stage_epochs) != epochs:

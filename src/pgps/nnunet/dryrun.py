@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -43,8 +44,10 @@ def synthetic_batch(trainer: Any, patch: Sequence[int], batch: int) -> dict:
     return {"data": data, "target": targets}
 
 
-def dry_run(trainer: Any, patch: Sequence[int], batch: int) -> float:
-    """One ``train_step`` at (patch, batch) with every state restored; returns seconds taken."""
+@contextmanager
+def restored_state(trainer: Any) -> Iterator[None]:
+    """Weights, optimizer, grad scaler, RNG and train/eval mode as they were on entry, whatever
+    ran inside (dry run, timed warm-up)."""
     net = unwrap(trainer.network)
     weights = copy.deepcopy(net.state_dict())
     optim = copy.deepcopy(trainer.optimizer.state_dict())
@@ -52,18 +55,8 @@ def dry_run(trainer: Any, patch: Sequence[int], batch: int) -> float:
     rng_cpu = torch.get_rng_state()
     rng_cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     was_training = trainer.network.training
-    t0 = time.perf_counter()
     try:
-        trainer.network.train()
-        trainer.train_step(synthetic_batch(trainer, patch, batch))
-        if trainer.device.type == "cuda":
-            torch.cuda.synchronize(trainer.device)
-    except torch.OutOfMemoryError:
-        raise PGPSError(
-            f"dry run: one training step at patch {list(patch)} x batch {batch} ran out of memory on "
-            f"{trainer.device}; the curriculum would crash when it reaches this size. Use a smaller plan "
-            "(patch or batch) or a larger GPU; PGPS_DRY_RUN=off skips this check."
-        ) from None
+        yield
     finally:
         net.load_state_dict(weights)
         trainer.optimizer.load_state_dict(optim)
@@ -74,4 +67,21 @@ def dry_run(trainer: Any, patch: Sequence[int], batch: int) -> float:
         if rng_cuda is not None:
             torch.cuda.set_rng_state_all(rng_cuda)
         trainer.network.train(was_training)
+
+
+def dry_run(trainer: Any, patch: Sequence[int], batch: int) -> float:
+    """One ``train_step`` at (patch, batch) with every state restored; returns seconds taken."""
+    t0 = time.perf_counter()
+    with restored_state(trainer):
+        try:
+            trainer.network.train()
+            trainer.train_step(synthetic_batch(trainer, patch, batch))
+            if trainer.device.type == "cuda":
+                torch.cuda.synchronize(trainer.device)
+        except torch.OutOfMemoryError:
+            raise PGPSError(
+                f"dry run: one training step at patch {list(patch)} x batch {batch} ran out of memory on "
+                f"{trainer.device}; the curriculum would crash when it reaches this size. Use a smaller plan "
+                "(patch or batch) or a larger GPU; PGPS_DRY_RUN=off skips this check."
+            ) from None
     return time.perf_counter() - t0

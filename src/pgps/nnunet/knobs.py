@@ -18,7 +18,11 @@ DEFAULTS: dict[str, str] = {
     "PGPS_CODECARBON": "off",
     "PGPS_DRY_RUN": "auto",
     "PGPS_SAVE_EVERY": "1",
+    "PGPS_TIME_BUDGET": "off",
+    "PGPS_MIN_FULL_SHARE": "0.25",
 }
+_BUDGET = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([hmsx])")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,8 @@ class Knobs:
     codecarbon: str  # "off" or an ISO 3166 alpha-3 country code
     dry_run: str  # on | off | auto
     save_every: int  # checkpoint_latest every N epochs (1: a crash loses at most one epoch)
+    time_budget: str = "off"  # off | "<seconds>s" | "<fraction>x" (normalised; see parse_time_budget)
+    min_full_share: float = 0.25  # budgeted runs: least share of the epochs at the full patch
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,6 +49,35 @@ def _int(env: Mapping[str, str], name: str, minimum: int, what: str) -> int:
         raise PGPSError(f"{name}={raw!r}: {what} must be an integer >= {minimum}") from None
     if value < minimum:
         raise PGPSError(f"{name}={raw!r}: {what} must be an integer >= {minimum}")
+    return value
+
+
+def parse_time_budget(raw: str) -> str:
+    """``2.5h`` / ``90m`` / ``600s`` -> ``"9000s"`` etc.; ``0.5x`` (of the predicted constant-patch
+    run) stays a fraction; ``off`` or empty disables the budget."""
+    text = raw.strip().lower()
+    if text in ("", "off"):
+        return "off"
+    m = _BUDGET.fullmatch(text)
+    value = float(m.group(1)) if m else 0.0
+    if m is None or value <= 0:
+        raise PGPSError(
+            f"PGPS_TIME_BUDGET={raw!r}: use off, a positive duration such as 2.5h, 90m or 600s, "
+            "or a positive fraction of the constant-patch run such as 0.5x"
+        )
+    if m.group(2) == "x":
+        return f"{value:g}x"
+    return f"{value * _UNIT_SECONDS[m.group(2)]:g}s"
+
+
+def _share(env: Mapping[str, str]) -> float:
+    raw = env.get("PGPS_MIN_FULL_SHARE", DEFAULTS["PGPS_MIN_FULL_SHARE"]).strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:  # also rejects nan
+        raise PGPSError(f"PGPS_MIN_FULL_SHARE={raw!r}: the full-patch share of the epochs must be a number in [0, 1]")
     return value
 
 
@@ -67,4 +102,6 @@ def read_knobs(env: Mapping[str, str] | None = None) -> Knobs:
         codecarbon=carbon,
         dry_run=dry,
         save_every=_int(env, "PGPS_SAVE_EVERY", 1, "the checkpoint interval in epochs"),
+        time_budget=parse_time_budget(env.get("PGPS_TIME_BUDGET", DEFAULTS["PGPS_TIME_BUDGET"])),
+        min_full_share=_share(env),
     )
