@@ -146,11 +146,17 @@ def _metric_values(path: Path) -> dict[str, float]:
     return values
 
 
-def _epochs_recorded(ws: Path, run: str) -> int:
+def _epochs_checkpointed(ws: Path, run: str) -> int:
+    """Epochs recorded by an unfinished run that already has a checkpoint to resume from (0: none yet).
+
+    The trainer writes the record before the checkpoint, so killing right after a record update would find
+    nothing to resume; the checkpoint is renamed into place complete, so its presence is the resumable state."""
     runs = ws / "data" / "nnUNet_results" / TASK / run
-    records = list(runs.glob(".fold_0.*.partial/Dataset*/*/fold_0/pgps_record.json"))
+    folds = list(runs.glob(".fold_0.*.partial/Dataset*/*/fold_0"))
+    if not folds or not (folds[0] / "checkpoint_latest.pth").is_file():
+        return 0
     try:
-        return len(json.loads(records[0].read_text())["epochs"]) if records else 0
+        return len(json.loads((folds[0] / "pgps_record.json").read_text())["epochs"])
     except (OSError, ValueError):
         return 0  # being replaced right now
 
@@ -178,7 +184,7 @@ def test_changing_one_trainer_reruns_only_its_stages_resumes_after_kill_and_repr
     epochs = params["budget"]["epochs"]
     deadline, killed_at = time.monotonic() + 900, 0
     while time.monotonic() < deadline and proc.poll() is None:
-        done = _epochs_recorded(ws, "rpss")
+        done = _epochs_checkpointed(ws, "rpss")
         if 0 < done < epochs:
             os.killpg(proc.pid, signal.SIGKILL)
             killed_at = done
