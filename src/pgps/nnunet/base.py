@@ -20,6 +20,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from pgps.errors import PGPSError
 from pgps.nnunet.atomic import atomic_write, atomic_write_json
+from pgps.nnunet.compiling import configure_static_recompiles
 from pgps.nnunet.dryrun import dry_run, unwrap
 from pgps.nnunet.energy import StageEnergy
 from pgps.nnunet.geometry import poolings_from_strides, rank_batch_sizes, rank_oversample
@@ -128,6 +129,7 @@ class PGPSTrainerBase(nnUNetTrainer):
             "world_size": world,
             "versions": {"torch": torch.__version__, "nnunetv2": getattr(nnunetv2, "__version__", "2.8.x")},
             "dry_runs": self.pgps_dry_runs,
+            "torch_compile": getattr(self, "pgps_compile_settings", None),
         }
 
     def _dry_run_wanted(self) -> bool:
@@ -146,6 +148,8 @@ class PGPSTrainerBase(nnUNetTrainer):
 
     # ---------------------------------------------------------------- nnU-Net hooks
     def initialize(self) -> None:
+        if self._do_i_compile():  # nnU-Net compiles in super().initialize(): one static graph per stage
+            self.pgps_compile_settings = configure_static_recompiles(self.pgps_schedule)
         super().initialize()
         if self.pgps_safe_instance_norm:
             make_instance_norm_one_voxel_safe(unwrap(self.network))
