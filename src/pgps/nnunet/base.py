@@ -29,6 +29,7 @@ from pgps.nnunet.loaders import PatchSwitch, build_train_loader, finish_loader
 from pgps.nnunet.norm import make_instance_norm_one_voxel_safe
 from pgps.nnunet.record import RunRecord, ShapeTally
 from pgps.nnunet.seeding import seed_everything
+from pgps.nnunet.timebudget import actual_stage_seconds, apply_plan, make_plan
 from pgps.schedule import Schedule, ScheduleError, build_schedule
 
 CONFIG_NAME = "pgps_config.json"
@@ -97,6 +98,7 @@ class PGPSTrainerBase(nnUNetTrainer):
         self._pgps_record: RunRecord | None = None
         self._pgps_energy: StageEnergy | None = None
         self.pgps_dry_runs: list[dict] = []
+        self.pgps_time_plan: dict | None = None  # PGPS_TIME_BUDGET: measured once, then from the checkpoint
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -130,6 +132,7 @@ class PGPSTrainerBase(nnUNetTrainer):
             "versions": {"torch": torch.__version__, "nnunetv2": getattr(nnunetv2, "__version__", "2.8.x")},
             "dry_runs": self.pgps_dry_runs,
             "torch_compile": getattr(self, "pgps_compile_settings", None),
+            "time_budget": self.pgps_time_plan,
         }
 
     def _dry_run_wanted(self) -> bool:
@@ -166,6 +169,18 @@ class PGPSTrainerBase(nnUNetTrainer):
         finish_loader(self.dataloader_train)
         self.dataloader_train = None
         self._pgps_stage = None
+        if self.pgps_knobs.time_budget != "off" and self.pgps_time_plan is None:
+            if self.current_epoch != 0:
+                raise PGPSError(
+                    f"{self.output_folder}: resuming at epoch {self.current_epoch}, but the checkpoint holds no "
+                    f"time-budget plan; unset PGPS_TIME_BUDGET (={self.pgps_knobs.time_budget}) to resume this run"
+                )
+            apply_plan(self, make_plan(self))
+            p = self.pgps_time_plan
+            self.print_to_log_file(
+                f"PGPS time budget {p['budget_seconds']:.1f} s: epochs {p['stage_epochs']} at stages "
+                f"{p['stage_indices']}, predicted {p['predicted_seconds']:.1f} s (warm-up {p['warmup_seconds']:.1f} s)"
+            )
         if self.local_rank == 0:
             for stale in Path(self.output_folder).glob(".*.tmp"):  # temp files of writes a kill interrupted
                 stale.unlink()
@@ -173,6 +188,8 @@ class PGPSTrainerBase(nnUNetTrainer):
             self._pgps_record = RunRecord(
                 self.output_folder, self.__class__.__name__, self.pgps_config(), self.pgps_schedule.to_dict()
             )
+            if self.pgps_time_plan is not None:
+                self._pgps_record.data["time_budget"] = dict(self.pgps_time_plan)
             self._pgps_record.start(self.current_epoch)
             if self.pgps_knobs.codecarbon != "off":
                 self._pgps_energy = StageEnergy(
@@ -233,7 +250,13 @@ class PGPSTrainerBase(nnUNetTrainer):
     def on_epoch_end(self) -> None:
         # the record goes to disk BEFORE the checkpoint (see pgps.nnunet.record)
         if self._pgps_record is not None:
-            self._pgps_record.add_epoch(self._epoch_entry())
+            entry = self._epoch_entry()
+            if self.pgps_time_plan is not None:
+                plan = self._pgps_record.data["time_budget"]
+                epochs = [*self._pgps_record.data["epochs"], entry]
+                plan["actual_stage_seconds"] = actual_stage_seconds(epochs, len(self.pgps_schedule.stages))
+                plan["actual_seconds"] = epochs[-1]["epoch_end"] - epochs[0]["epoch_start"]
+            self._pgps_record.add_epoch(entry)
         super().on_epoch_end()
 
     def _epoch_entry(self) -> dict:
@@ -288,7 +311,11 @@ class PGPSTrainerBase(nnUNetTrainer):
             "init_args": self.my_init_kwargs,
             "trainer_name": self.__class__.__name__,
             "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
-            "pgps": {"schedule": self.pgps_schedule.to_dict(), "knobs": self.pgps_knobs.to_dict()},
+            "pgps": {
+                "schedule": self.pgps_schedule.to_dict(),
+                "knobs": self.pgps_knobs.to_dict(),
+                "time_plan": self.pgps_time_plan,
+            },
         }
         atomic_write(filename, lambda tmp: torch.save(checkpoint, tmp))
 
@@ -302,6 +329,16 @@ class PGPSTrainerBase(nnUNetTrainer):
         saved = ckpt.get("pgps")
         if saved is None:
             raise PGPSError(f"{where}: not written by a PGPS trainer (no 'pgps' entry); cannot check its curriculum")
+        plan, budget = saved.get("time_plan"), self.pgps_knobs.time_budget
+        if plan is not None and budget == "off":
+            raise PGPSError(
+                f"{where}: the checkpoint was trained with PGPS_TIME_BUDGET={plan['time_budget']}; "
+                "set it again to resume"
+            )
+        if plan is None and budget != "off":
+            raise PGPSError(f"{where}: the checkpoint holds no time-budget plan; unset PGPS_TIME_BUDGET to resume it")
+        if plan is not None:
+            apply_plan(self, plan)  # never re-measured: the resumed run trains the schedule it started with
         mine = self.pgps_schedule.to_dict()
         if saved["schedule"] != mine:
             diff = sorted(k for k in set(mine) | set(saved["schedule"]) if mine.get(k) != saved["schedule"].get(k))

@@ -1,0 +1,227 @@
+"""Time-budgeted curriculum in the trainer: a short timed warm-up at every stage size of the
+mode's full curriculum, then ``pgps.budget.plan_epochs`` picks the epochs per stage so the
+training (first epoch start to last epoch end) fits ``PGPS_TIME_BUDGET``. The plan is measured
+once, on a fresh run; it travels in the checkpoint so ``--c`` rebuilds the identical schedule.
+
+Per-epoch cost of stage k = iters x (train step + synchronous loading) + validation at the full
+patch + checkpoint writing / save_every. Loading is timed only when it runs in the main process
+(``nnUNet_n_proc_DA=0``; with background workers it overlaps the GPU step), once at the planned
+patch (building a loader per stage costs more than it tells) and scaled by voxels per batch."""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from pgps.budget import plan_epochs
+from pgps.errors import PGPSError
+from pgps.nnunet.dryrun import restored_state, synthetic_batch
+from pgps.nnunet.loaders import build_train_loader, finish_loader
+from pgps.schedule import Schedule, ScheduleError, build_schedule
+
+WARMUP_CALLS = 3  # per stage; the first (allocator / cudnn autotune) is discarded, the median of the rest kept
+_ALL_STAGES = 1_000_000  # epochs large enough that build_schedule thins nothing
+
+
+def _sync(trainer: Any) -> None:
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize(trainer.device)
+
+
+def _median_seconds(fn: Any, calls: int = WARMUP_CALLS) -> float:
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:]) if len(times) > 1 else times[0]
+
+
+def full_curriculum(trainer: Any) -> Schedule:
+    """Every stage of the trainer's mode (none thinned away), the candidates of the budget plan."""
+    return build_schedule(
+        trainer.pgps_planned_patch,
+        trainer.pgps_poolings,
+        _ALL_STAGES,
+        trainer.pgps_planned_batch,
+        mode=trainer.pgps_mode,
+        seed=trainer.pgps_knobs.seed,
+        start_bottleneck=trainer.pgps_start_bottleneck,
+    )
+
+
+def _loading_is_synchronous() -> bool:
+    from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+    return get_allowed_n_proc_DA() == 0
+
+
+def measure(trainer: Any) -> dict:
+    """Seconds per train step and per loaded batch at each stage, validation and checkpoint cost.
+    Every trainer state is restored afterwards (weights, optimizer, scaler, RNG)."""
+    if trainer.pgps_schedule.candidates:
+        raise PGPSError(f"PGPS_TIME_BUDGET: mode {trainer.pgps_mode!r} draws a patch per iteration; not supported")
+    sync_load = _loading_is_synchronous()
+    stages = full_curriculum(trainer).stages
+    step_s, load_s = [], []
+    with restored_state(trainer):
+        trainer.network.train()
+        for st in stages:
+            batch = synthetic_batch(trainer, st.patch_size, trainer.pgps_rank_batch(st.batch_size))
+
+            def step(b: dict = batch) -> None:
+                trainer.train_step(b)
+                _sync(trainer)
+
+            step_s.append(_median_seconds(step))
+        trainer.network.eval()
+        val_bs = trainer.pgps_rank_batch(trainer.pgps_planned_batch)
+        val_batch = synthetic_batch(trainer, trainer.pgps_planned_patch, val_bs)
+
+        def val() -> None:
+            trainer.validation_step(val_batch)
+            _sync(trainer)
+
+        val_step = _median_seconds(val)
+    val_load = _median_seconds(lambda: next(trainer.dataloader_val)) if sync_load else 0.0
+    full_voxels = math.prod(trainer.pgps_planned_patch) * trainer.pgps_planned_batch
+    t0 = time.perf_counter()
+    loader = _train_loader(trainer, trainer.pgps_planned_patch, trainer.pgps_planned_batch)
+    build = time.perf_counter() - t0  # paid again at every stage change
+    try:
+        full_load = _median_seconds(lambda: next(loader)) if sync_load else 0.0
+    finally:
+        finish_loader(loader)
+    voxels = [math.prod(st.patch_size) * st.batch_size for st in stages]
+    load_s = [full_load * v / full_voxels for v in voxels]
+    return {
+        "patch_sizes": [list(st.patch_size) for st in stages],
+        "batch_sizes": [st.batch_size for st in stages],
+        "train_step_seconds_raw": step_s,
+        "train_step_seconds": affine_fit(voxels, step_s),
+        "train_load_seconds": load_s,
+        "val_step_seconds": val_step,
+        "val_load_seconds": val_load,
+        "checkpoint_seconds": _checkpoint_seconds(trainer),
+        "loader_build_seconds": build,
+    }
+
+
+def affine_fit(voxels: list[int], seconds: list[float]) -> list[float]:
+    """Step time as ``a + b * voxels_per_batch`` (least squares over all stages): one noisy
+    measurement (another process took the cores for a moment) no longer decides a stage's epochs.
+    Falls back to the raw numbers where the fit is degenerate or not positive."""
+    n = len(voxels)
+    if n < 3 or len(set(voxels)) < 2:
+        return list(seconds)
+    mx, my = sum(voxels) / n, sum(seconds) / n
+    b = sum((x - mx) * (y - my) for x, y in zip(voxels, seconds)) / sum((x - mx) ** 2 for x in voxels)
+    fitted = [my + b * (x - mx) for x in voxels]
+    return fitted if b >= 0 and min(fitted) > 0 else list(seconds)
+
+
+def _train_loader(trainer: Any, patch: tuple[int, ...], global_batch: int) -> Any:
+    cases = trainer.pgps_rank_batch(trainer.pgps_planned_batch) if trainer.pgps_multicrop else None
+    return build_train_loader(
+        trainer, patch, trainer.pgps_rank_batch(global_batch), trainer._pgps_global_oversample, cases_per_batch=cases
+    )
+
+
+def _checkpoint_seconds(trainer: Any) -> float:
+    if trainer.disable_checkpointing or trainer.local_rank != 0:
+        return 0.0
+    fd, tmp = tempfile.mkstemp(prefix=".pgps_budget_probe_", suffix=".pth", dir=trainer.output_folder)
+    os.close(fd)
+    try:
+        t0 = time.perf_counter()
+        trainer.save_checkpoint(tmp)
+        return time.perf_counter() - t0
+    finally:
+        os.unlink(tmp)
+
+
+def epoch_seconds(costs: dict, knobs: Any) -> list[float]:
+    """Predicted seconds of one epoch at each stage of the full curriculum."""
+    val = knobs.val_iters * (costs["val_step_seconds"] + costs["val_load_seconds"])
+    ckpt = costs["checkpoint_seconds"] / knobs.save_every
+    return [
+        knobs.iters_per_epoch * (s + ld) + val + ckpt
+        for s, ld in zip(costs["train_step_seconds"], costs["train_load_seconds"])
+    ]
+
+
+def budget_seconds(knobs: Any, per_epoch: list[float]) -> float:
+    """Absolute budget, or a fraction of the predicted constant-patch run (same epochs/iters)."""
+    value = float(knobs.time_budget[:-1])
+    if knobs.time_budget.endswith("x"):
+        return value * knobs.num_epochs * per_epoch[-1]
+    return value
+
+
+def make_plan(trainer: Any) -> dict:
+    """Warm-up + plan, broadcast from rank 0 under DDP so every rank trains the same schedule."""
+    t0 = time.perf_counter()
+    costs = measure(trainer)
+    per_epoch = epoch_seconds(costs, trainer.pgps_knobs)
+    budget = budget_seconds(trainer.pgps_knobs, per_epoch)
+    fixed = len(per_epoch) * costs["loader_build_seconds"]  # one loader per stage (upper bound: thinning keeps fewer)
+    try:
+        plan = plan_epochs(per_epoch, budget, trainer.pgps_knobs.min_full_share, fixed_seconds=fixed)
+    except ScheduleError as exc:
+        raise PGPSError(f"PGPS_TIME_BUDGET={trainer.pgps_knobs.time_budget}: {exc}") from None
+    result = {
+        "time_budget": trainer.pgps_knobs.time_budget,
+        "budget_seconds": budget,
+        "min_full_share": trainer.pgps_knobs.min_full_share,
+        "measured": costs,
+        "epoch_seconds": per_epoch,
+        "stage_indices": plan.stage_indices,
+        "stage_epochs": plan.stage_epochs,
+        "num_epochs": plan.num_epochs,
+        "predicted_seconds": plan.predicted_seconds,
+        "predicted_stage_seconds": [e * per_epoch[i] for e, i in zip(plan.stage_epochs, plan.stage_indices)],
+        "warmup_seconds": time.perf_counter() - t0,
+    }
+    if trainer.is_ddp:
+        box = [result]
+        dist.broadcast_object_list(box, src=0)
+        result = box[0]
+    return result
+
+
+def apply_plan(trainer: Any, plan: dict) -> None:
+    """Schedule, epoch count and poly-LR length from a plan (fresh or from a checkpoint)."""
+    try:
+        trainer.pgps_schedule = build_schedule(
+            trainer.pgps_planned_patch,
+            trainer.pgps_poolings,
+            plan["num_epochs"],
+            trainer.pgps_planned_batch,
+            mode=trainer.pgps_mode,
+            seed=trainer.pgps_knobs.seed,
+            start_bottleneck=trainer.pgps_start_bottleneck,
+            stage_epochs=plan["stage_epochs"],
+            stage_indices=plan["stage_indices"],
+        )
+    except ScheduleError as exc:
+        raise PGPSError(f"time-budget plan does not fit this trainer's curriculum: {exc}") from None
+    trainer.num_epochs = plan["num_epochs"]
+    scheduler = getattr(trainer, "lr_scheduler", None)
+    if scheduler is not None and hasattr(scheduler, "max_steps"):
+        scheduler.max_steps = plan["num_epochs"]  # PolyLRScheduler fixed it at initialize()
+    trainer.pgps_time_plan = plan
+
+
+def actual_stage_seconds(epochs: list[dict], num_stages: int) -> list[float]:
+    """Recorded wall time per stage of the budgeted schedule, for plan-vs-actual."""
+    out = [0.0] * num_stages
+    for e in epochs:
+        out[e["stage"]] += e["wall_time"]
+    return out
