@@ -155,8 +155,8 @@ def table(result: dict) -> str:
     """Markdown table: one row per trainer (medians over repetitions, [min-max] for ratios)."""
     lines = [
         "| trainer | voxel fraction | wall-time ratio | train-loop ratio | CPU-time ratio | training s | "
-        "switches (n, s, % of wall) | loader wait / iter | peak RSS MiB | Dice (fg mean) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "switches (n, s, % of wall) | of which loader rebuild s | loader wait / iter | peak RSS MiB | Dice (fg mean) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, e in result["trainers"].items():
         r = e["ratio"]
@@ -166,6 +166,7 @@ def table(result: dict) -> str:
             f"| {fmt(r['loop']['median'])} | {fmt(r['cpu']['median'])} | {fmt(e['training_s']['median'], 1)} "
             f"| {e['switch_count']}, {fmt(e['switch_total_s']['median'], 2)}, "
             f"{fmt(100 * e['switch_fraction']['median'] if e['switch_fraction']['median'] is not None else None, 2)}%"
+            f" | {fmt(e['switch_rebuild_s']['median'], 3)}"
             f" | {fmt(e['wait_per_iter_s']['median'], 4)} s | {fmt(e['peak_rss_training_mib']['median'], 0)} "
             f"| {fmt(e['dice']['median'])} [{fmt(e['dice']['min'])}-{fmt(e['dice']['max'])}] |"
         )
