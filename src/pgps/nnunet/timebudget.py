@@ -35,12 +35,17 @@ def _sync(trainer: Any) -> None:
         torch.cuda.synchronize(trainer.device)
 
 
-def _median_seconds(fn: Any, calls: int = WARMUP_CALLS) -> float:
+def _timed_calls(fn: Any, calls: int = WARMUP_CALLS) -> list[float]:
     times = []
     for _ in range(calls):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+    return times
+
+
+def _median_seconds(fn: Any, calls: int = WARMUP_CALLS) -> float:
+    times = _timed_calls(fn, calls)
     return statistics.median(times[1:]) if len(times) > 1 else times[0]
 
 
@@ -70,7 +75,7 @@ def measure(trainer: Any) -> dict:
         raise PGPSError(f"PGPS_TIME_BUDGET: mode {trainer.pgps_mode!r} draws a patch per iteration; not supported")
     sync_load = _loading_is_synchronous()
     stages = full_curriculum(trainer).stages
-    step_s, load_s = [], []
+    step_s, first_extra = [], []
     with restored_state(trainer):
         trainer.network.train()
         for st in stages:
@@ -80,7 +85,9 @@ def measure(trainer: Any) -> dict:
                 trainer.train_step(b)
                 _sync(trainer)
 
-            step_s.append(_median_seconds(step))
+            times = _timed_calls(step)
+            step_s.append(statistics.median(times[1:]))
+            first_extra.append(max(0.0, times[0] - step_s[-1]))  # paid again at the stage's first real step
         trainer.network.eval()
         val_bs = trainer.pgps_rank_batch(trainer.pgps_planned_batch)
         val_batch = synthetic_batch(trainer, trainer.pgps_planned_patch, val_bs)
@@ -109,7 +116,9 @@ def measure(trainer: Any) -> dict:
         "train_load_seconds": load_s,
         "val_step_seconds": val_step,
         "val_load_seconds": val_load,
+        "first_step_extra_seconds": first_extra,
         "checkpoint_seconds": _checkpoint_seconds(trainer),
+        "plot_seconds": _plot_seconds(trainer),
         "loader_build_seconds": build,
     }
 
@@ -147,10 +156,30 @@ def _checkpoint_seconds(trainer: Any) -> float:
         os.unlink(tmp)
 
 
+def _plot_seconds(trainer: Any) -> float:
+    """nnU-Net redraws progress.png after every epoch (matplotlib; ~1 s on a busy CPU)."""
+    if trainer.local_rank != 0:
+        return 0.0
+    from nnunetv2.training.logging.nnunet_logger import LocalLogger
+
+    logger = LocalLogger()
+    for epoch in range(2):
+        for key in ("mean_fg_dice", "ema_fg_dice", "train_losses", "val_losses", "lrs"):
+            logger.log(key, 0.5, epoch)
+        logger.log("dice_per_class_or_region", [0.5], epoch)
+        logger.log("epoch_start_timestamps", float(epoch), epoch)
+        logger.log("epoch_end_timestamps", epoch + 1.0, epoch)
+    with tempfile.TemporaryDirectory(dir=trainer.output_folder) as tmp:
+        t0 = time.perf_counter()
+        logger.plot_progress_png(tmp)
+        return time.perf_counter() - t0
+
+
 def epoch_seconds(costs: dict, knobs: Any) -> list[float]:
     """Predicted seconds of one epoch at each stage of the full curriculum."""
     val = knobs.val_iters * (costs["val_step_seconds"] + costs["val_load_seconds"])
-    ckpt = costs["checkpoint_seconds"] / knobs.save_every
+    # checkpoint_latest every save_every epochs, and checkpoint_best whenever the EMA Dice improves
+    ckpt = costs["checkpoint_seconds"] * (1 / knobs.save_every + 1) + costs["plot_seconds"]
     return [
         knobs.iters_per_epoch * (s + ld) + val + ckpt
         for s, ld in zip(costs["train_step_seconds"], costs["train_load_seconds"])
@@ -171,7 +200,8 @@ def make_plan(trainer: Any) -> dict:
     costs = measure(trainer)
     per_epoch = epoch_seconds(costs, trainer.pgps_knobs)
     budget = budget_seconds(trainer.pgps_knobs, per_epoch)
-    fixed = len(per_epoch) * costs["loader_build_seconds"]  # one loader per stage (upper bound: thinning keeps fewer)
+    # per stage change: a new loader and the first step at a new shape (all stages: an upper bound when thinned)
+    fixed = len(per_epoch) * costs["loader_build_seconds"] + sum(costs["first_step_extra_seconds"])
     try:
         plan = plan_epochs(per_epoch, budget, trainer.pgps_knobs.min_full_share, fixed_seconds=fixed)
     except ScheduleError as exc:
@@ -220,8 +250,10 @@ def apply_plan(trainer: Any, plan: dict) -> None:
 
 
 def actual_stage_seconds(epochs: list[dict], num_stages: int) -> list[float]:
-    """Recorded wall time per stage of the budgeted schedule, for plan-vs-actual."""
+    """Recorded wall time per stage of the budgeted schedule, for plan-vs-actual: an epoch counts
+    from its start to the next epoch's start (checkpointing, plotting and the stage's loader
+    build between epochs included, as the plan includes them); the last one to its end."""
     out = [0.0] * num_stages
-    for e in epochs:
-        out[e["stage"]] += e["wall_time"]
+    for e, nxt in zip(epochs, [*epochs[1:], None]):
+        out[e["stage"]] += (nxt["epoch_start"] if nxt is not None else e["epoch_end"]) - e["epoch_start"]
     return out
