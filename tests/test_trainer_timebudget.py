@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -102,6 +103,29 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return reduced_root(tmp_path_factory)
 
 
+class _PeakLoad:
+    """Highest 1-min load average seen while the training ran (sampled every 2 s): the training
+    itself adds ~2; much more means other processes decided the wall time, not the plan."""
+
+    def __init__(self) -> None:
+        self.max = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(2.0):
+            self.max = max(self.max, os.getloadavg()[0])
+
+    def __enter__(self) -> _PeakLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.max = max(self.max, os.getloadavg()[0])
+
+
 def _stage_of(rec: dict, epoch: int) -> dict:
     return next(s for s in rec["schedule"]["stages"] if s["start_epoch"] <= epoch < s["end_epoch"])
 
@@ -110,8 +134,9 @@ def _stage_of(rec: dict, epoch: int) -> dict:
 def test_budget_is_met_and_plan_recorded(root: Path, tmp_path: Path) -> None:
     results = tmp_path / "results"
     env = nnunet_env(root, results, **KNOBS, PGPS_TIME_BUDGET=f"{BUDGET_S:g}s", PGPS_DRY_RUN="on")
-    run(_driver(tmp_path), env, timeout=900)
-    load_after = os.getloadavg()[0]
+    peak = _PeakLoad()
+    with peak:
+        run(_driver(tmp_path), env, timeout=900)
     fold = fold_dir(results, "nnUNetTrainerPGPS")
     rec = read_record(fold)
     plan = rec["time_budget"]
@@ -153,8 +178,8 @@ def test_budget_is_met_and_plan_recorded(root: Path, tmp_path: Path) -> None:
     assert epochs[-1]["lr"] < 0.2 * epochs[0]["lr"]  # poly decay over num_epochs planned, not 10
     assert not list(fold.glob(".pgps_budget_probe_*"))
     # the +-15 % promise is about the plan, not about other processes taking the cores mid-run
-    if load_after > 1.5 * (os.cpu_count() or 1):
-        pytest.skip(f"load average {load_after:.1f} on {os.cpu_count()} cores: wall time {actual:.1f} s not judged")
+    if peak.max > 1.5 * (os.cpu_count() or 1):
+        pytest.skip(f"peak load average {peak.max:.1f} on {os.cpu_count()} cores: wall time {actual:.1f} s not judged")
     assert abs(actual - BUDGET_S) <= 0.15 * BUDGET_S, f"training took {actual:.1f} s for a {BUDGET_S} s budget"
 
 
