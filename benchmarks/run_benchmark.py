@@ -29,20 +29,11 @@ from benchmarks.plot import plot, short  # noqa: E402
 from benchmarks.prepare import TASK_IDS, nnunet_dirs, prepare  # noqa: E402
 from benchmarks.stats import aggregate, check_targets, summarize_run  # noqa: E402
 from pgps.errors import PGPSError  # noqa: E402
+from pgps.report.environment import cpu_model  # noqa: E402
 
 BASELINE = "nnUNetTrainerConstant"
 PGPS = "nnUNetTrainerPGPS"
 DEFAULT_TRAINERS = [BASELINE, PGPS, "nnUNetTrainerPGPSPlus", "nnUNetTrainerRPSS"]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info(device: str) -> dict:
