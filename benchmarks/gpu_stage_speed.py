@@ -156,8 +156,11 @@ def run(args: argparse.Namespace) -> dict:
     result["predicted_time_ratio_eager"] = cost / (sched.num_epochs * full)
     result["voxel_fraction"] = sched.voxel_fraction
     save()
-    print(f"predicted PGPS/constant step-time ratio (eager): {result['predicted_time_ratio_eager']:.3f}; "
-          f"voxel fraction {sched.voxel_fraction:.3f}", flush=True)
+    print(
+        f"predicted PGPS/constant step-time ratio (eager): {result['predicted_time_ratio_eager']:.3f}; "
+        f"voxel fraction {sched.voxel_fraction:.3f}",
+        flush=True,
+    )
     return result
 
 
@@ -171,8 +174,12 @@ def main() -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (nnU-Net's CUDA default)")
     p.add_argument("--compile-shapes", action="store_true", help="compile only first, middle, last stage")
-    p.add_argument("--dynamic", choices=["auto", "false", "true"], default="auto",
-                   help="torch.compile dynamic= (auto: torch's default, as nnU-Net calls it)")
+    p.add_argument(
+        "--dynamic",
+        choices=["auto", "false", "true"],
+        default="auto",
+        help="torch.compile dynamic= (auto: torch's default, as nnU-Net calls it)",
+    )
     p.add_argument("--skip-eager", action="store_true")
     p.add_argument("--out", default=None)
     args = p.parse_args()
