@@ -18,8 +18,11 @@ def test_distinct_graphs_counts_stages_candidates_and_validation() -> None:
 
 
 def test_configure_raises_limit_above_the_default_and_turns_off_automatic_dynamic() -> None:
-    saved = (dynamo_config.recompile_limit, dynamo_config.automatic_dynamic_shapes,
-             dynamo_config.accumulated_recompile_limit)
+    saved = (
+        dynamo_config.recompile_limit,
+        dynamo_config.automatic_dynamic_shapes,
+        dynamo_config.accumulated_recompile_limit,
+    )
     try:
         dynamo_config.recompile_limit = 8
         sched = build_schedule((40, 56, 40), (3, 3, 3), 1000, mode="pgps")  # 14 stages > dynamo's default 8
@@ -28,5 +31,8 @@ def test_configure_raises_limit_above_the_default_and_turns_off_automatic_dynami
         assert dynamo_config.recompile_limit == got["recompile_limit"] >= distinct_graphs(sched) == 16
         assert dynamo_config.accumulated_recompile_limit >= dynamo_config.recompile_limit
     finally:
-        (dynamo_config.recompile_limit, dynamo_config.automatic_dynamic_shapes,
-         dynamo_config.accumulated_recompile_limit) = saved
+        (
+            dynamo_config.recompile_limit,
+            dynamo_config.automatic_dynamic_shapes,
+            dynamo_config.accumulated_recompile_limit,
+        ) = saved

@@ -132,6 +132,7 @@ def test_stage_epochs_override() -> None:
 
 # --- properties over random valid plans -------------------------------------------------------
 
+
 @st.composite
 def plans(draw):
     ndim = draw(st.sampled_from([2, 3]))
@@ -164,8 +165,10 @@ def test_schedule_properties(plan, mode) -> None:
     base = math.prod(patch) * batch
     assert all(st_.batch_size * math.prod(st_.patch_size) <= base for st_ in stages)
     # the unthinned curriculum grows exactly one axis per stage
-    full_patches = greedy_patches(patch, pools) if mode in ("efficiency", "performance") else (
-        round_robin_patches(patch, pools) if mode != "constant" else [patch]
+    full_patches = (
+        greedy_patches(patch, pools)
+        if mode in ("efficiency", "performance")
+        else (round_robin_patches(patch, pools) if mode != "constant" else [patch])
     )
     if epochs >= len(full_patches):
         assert [st_.patch_size for st_ in stages] == full_patches
@@ -176,9 +179,28 @@ def test_schedule_properties(plan, mode) -> None:
 
 def test_cli_json_and_table() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "pgps.cli", "schedule", "--patch-size", "40", "56", "40", "--poolings", "3", "3", "3",
-         "--epochs", "1000", "--mode", "pgps+", "--json"],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pgps.cli",
+            "schedule",
+            "--patch-size",
+            "40",
+            "56",
+            "40",
+            "--poolings",
+            "3",
+            "3",
+            "3",
+            "--epochs",
+            "1000",
+            "--mode",
+            "pgps+",
+            "--json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     data = json.loads(out)
     assert len(data["stages"]) == 14
@@ -186,16 +208,49 @@ def test_cli_json_and_table() -> None:
     assert data["stages"][-1]["batch_size"] == 2 and data["stages"][0]["batch_size"] > 2
     assert 0 < data["voxel_fraction"] <= 1
     table = subprocess.run(
-        [sys.executable, "-m", "pgps.cli", "schedule", "--patch-size", "128", "128", "128", "--poolings", "5", "5",
-         "5", "--epochs", "1000"], check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pgps.cli",
+            "schedule",
+            "--patch-size",
+            "128",
+            "128",
+            "128",
+            "--poolings",
+            "5",
+            "5",
+            "5",
+            "--epochs",
+            "1000",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     assert "128x128x128" in table and "voxel fraction" in table
 
 
 def test_cli_bad_plan_is_one_line_error() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "pgps.cli", "schedule", "--patch-size", "40", "56", "41", "--poolings", "3", "3", "3",
-         "--epochs", "10"], capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pgps.cli",
+            "schedule",
+            "--patch-size",
+            "40",
+            "56",
+            "41",
+            "--poolings",
+            "3",
+            "3",
+            "3",
+            "--epochs",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

@@ -125,9 +125,7 @@ def _validate(patch_size: tuple[int, ...], poolings: tuple[int, ...], epochs: in
     if len(patch_size) not in (2, 3):
         raise ScheduleError(f"patch size must have 2 or 3 axes, got {list(patch_size)}")
     if len(poolings) != len(patch_size):
-        raise ScheduleError(
-            f"poolings {list(poolings)} must give one count per patch axis {list(patch_size)}"
-        )
+        raise ScheduleError(f"poolings {list(poolings)} must give one count per patch axis {list(patch_size)}")
     if any(p < 0 for p in poolings):
         raise ScheduleError(f"poolings must be >= 0, got {list(poolings)}")
     for axis, (size, p) in enumerate(zip(patch_size, poolings)):
@@ -263,8 +261,7 @@ def build_schedule(
         batches = [batch_size] * len(patches)
 
     stages = tuple(
-        Stage(patch_size=p, batch_size=b, start_epoch=s, end_epoch=e)
-        for p, b, (s, e) in zip(patches, batches, bounds)
+        Stage(patch_size=p, batch_size=b, start_epoch=s, end_epoch=e) for p, b, (s, e) in zip(patches, batches, bounds)
     )
     return Schedule(
         mode=mode,

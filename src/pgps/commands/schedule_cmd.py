@@ -9,10 +9,12 @@ from pgps.schedule import MODES, build_schedule, format_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--patch-size", type=int, nargs="+", required=True, metavar="N",
-                        help="planned patch size, 2 or 3 axes (Z Y X)")
-    parser.add_argument("--poolings", type=int, nargs="+", required=True, metavar="P",
-                        help="stride-2 poolings per axis")
+    parser.add_argument(
+        "--patch-size", type=int, nargs="+", required=True, metavar="N", help="planned patch size, 2 or 3 axes (Z Y X)"
+    )
+    parser.add_argument(
+        "--poolings", type=int, nargs="+", required=True, metavar="P", help="stride-2 poolings per axis"
+    )
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--batch-size", type=int, default=2, help="planned batch size (default 2)")
     parser.add_argument("--mode", choices=MODES, default="pgps")

@@ -85,9 +85,12 @@ def make_case(rng: np.random.Generator, variant: Variant) -> tuple[np.ndarray, n
     image[label == 2] = 0.55
     image[distractor] = 0.9 + 0.3 * rng.standard_normal(int(distractor.sum())).astype(np.float32)
     image = gaussian_filter(image, sigma=0.7 / np.array(spacing))
-    bias = 1.0 + 0.25 * sum(
-        np.sin(g / e * np.pi * rng.uniform(0.5, 1.5) + rng.uniform(0, np.pi)) for g, e in zip(grid, extent)
-    ) / 3.0
+    bias = (
+        1.0
+        + 0.25
+        * sum(np.sin(g / e * np.pi * rng.uniform(0.5, 1.5) + rng.uniform(0, np.pi)) for g, e in zip(grid, extent))
+        / 3.0
+    )
     image = image * bias + rng.normal(0.0, 0.12, size=shape).astype(np.float32)
     image = image * rng.uniform(80.0, 120.0) + rng.uniform(-20.0, 20.0)
     return image.astype(np.float32), label
