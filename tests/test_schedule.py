@@ -177,81 +177,30 @@ def test_schedule_properties(plan, mode) -> None:
     assert 0 < s.voxel_fraction <= 1.0
 
 
+def _schedule_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`pgps schedule ARGS` in a fresh interpreter, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "pgps.cli", "schedule", *args], check=False, capture_output=True, text=True
+    )
+
+
 def test_cli_json_and_table() -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pgps.cli",
-            "schedule",
-            "--patch-size",
-            "40",
-            "56",
-            "40",
-            "--poolings",
-            "3",
-            "3",
-            "3",
-            "--epochs",
-            "1000",
-            "--mode",
-            "pgps+",
-            "--json",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    data = json.loads(out)
+    proc = _schedule_cli(
+        "--patch-size", "40", "56", "40", "--poolings", "3", "3", "3", "--epochs", "1000", "--mode", "pgps+", "--json"
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
     assert len(data["stages"]) == 14
     assert set(data["stages"][0]) == {"patch_size", "batch_size", "start_epoch", "end_epoch"}
     assert data["stages"][-1]["batch_size"] == 2 and data["stages"][0]["batch_size"] > 2
     assert 0 < data["voxel_fraction"] <= 1
-    table = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pgps.cli",
-            "schedule",
-            "--patch-size",
-            "128",
-            "128",
-            "128",
-            "--poolings",
-            "5",
-            "5",
-            "5",
-            "--epochs",
-            "1000",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    assert "128x128x128" in table and "voxel fraction" in table
+    table = _schedule_cli("--patch-size", "128", "128", "128", "--poolings", "5", "5", "5", "--epochs", "1000")
+    assert table.returncode == 0, table.stderr
+    assert "128x128x128" in table.stdout and "voxel fraction" in table.stdout
 
 
 def test_cli_bad_plan_is_one_line_error() -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pgps.cli",
-            "schedule",
-            "--patch-size",
-            "40",
-            "56",
-            "41",
-            "--poolings",
-            "3",
-            "3",
-            "3",
-            "--epochs",
-            "10",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    proc = _schedule_cli("--patch-size", "40", "56", "41", "--poolings", "3", "3", "3", "--epochs", "10")
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "41" in proc.stderr
