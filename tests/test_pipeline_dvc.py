@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from repo_copy import copy_repository
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TASK = "Task901_PGPSSynth"
 STAGE_RE = re.compile(r"^Running stage '([^']+)'", re.MULTILINE)
@@ -51,31 +52,11 @@ def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return _run([str(BIN / "dvc"), *args], cwd)
 
 
-def _copy_repository(dst: Path) -> None:
-    """Tracked + untracked-but-not-ignored files, in a new git repository (what a fresh clone sees)."""
-    files = (
-        subprocess.run(
-            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True, capture_output=True
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for rel in filter(None, files):
-        src = ROOT / rel
-        if src.is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-    git = ["git", "-c", "user.email=ci@pgps", "-c", "user.name=ci"]
-    subprocess.run([*git, "init", "-q"], cwd=dst, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=dst, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "fresh copy"], cwd=dst, check=True)
-
-
 @pytest.fixture(scope="session")
 def repro(tmp_path_factory: pytest.TempPathFactory) -> dict:
     ws = tmp_path_factory.mktemp("pipeline") / "repo"
     ws.mkdir()
-    _copy_repository(ws)
+    copy_repository(ws)
     start = time.monotonic()
     proc = _run([str(BIN / "pgps"), "reproduce"], ws)
     elapsed = time.monotonic() - start

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +15,8 @@ from pathlib import Path
 import yaml
 
 from pgps.params import load_params
+from repo_copy import copy_repository
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
@@ -26,26 +25,6 @@ def _pgps(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pgps.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
-
-
-def _workspace(dst: Path) -> Path:
-    """A fresh git copy of the repository's files (no data, no results)."""
-    files = (
-        subprocess.run(
-            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True, capture_output=True
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for rel in filter(None, files):
-        if (ROOT / rel).is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dst / rel)
-    git = ["git", "-c", "user.email=ci@pgps", "-c", "user.name=ci"]
-    subprocess.run([*git, "init", "-q"], cwd=dst, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=dst, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "copy"], cwd=dst, check=True)
-    return dst
 
 
 def test_outside_a_dvc_workspace_is_one_clear_error(tmp_path: Path) -> None:
@@ -57,7 +36,7 @@ def test_outside_a_dvc_workspace_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_unknown_or_invalid_profile_leaves_params_untouched(tmp_path: Path) -> None:
-    ws = _workspace(tmp_path)
+    ws = copy_repository(tmp_path)
     original = (ws / "params.yaml").read_text()
     proc = _pgps("reproduce", "--profile", "nope", cwd=ws)
     assert proc.returncode == 2 and "profiles/nope.yaml: no such profile (available: full)" in proc.stderr
@@ -72,7 +51,7 @@ def test_unknown_or_invalid_profile_leaves_params_untouched(tmp_path: Path) -> N
 
 
 def test_full_profile_is_one_command_and_dvc_expands_the_paper_grid(tmp_path: Path) -> None:
-    ws = _workspace(tmp_path)
+    ws = copy_repository(tmp_path)
     dvc_yaml = (ws / "dvc.yaml").read_text()
     proc = _pgps("reproduce", "--profile", "full", "--list", cwd=ws)
     assert proc.returncode == 0, proc.stderr[-3000:]
