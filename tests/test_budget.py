@@ -6,7 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgps.budget import plan_epochs, split_with_full_share
+from pgps.budget import (
+    additive_correction,
+    epoch_spans,
+    final_stage_epochs_left,
+    plan_epochs,
+    split_with_full_share,
+)
 from pgps.schedule import ScheduleError
 
 
@@ -55,3 +61,38 @@ def test_plan_properties(costs, budget, share) -> None:
     assert plan.stage_indices == sorted(plan.stage_indices) and plan.stage_indices[-1] == len(costs) - 1
     kept = [costs[i] for i in plan.stage_indices]
     assert abs(sum(e * c for e, c in zip(plan.stage_epochs, kept)) - plan.predicted_seconds) < 1e-6
+
+
+# ---------------------------------------------------------------- closed loop
+def test_prior_epochs_count_towards_the_full_share() -> None:
+    # 12 epochs already trained: the rest must put >= 25 % of all 20 epochs at full size
+    split = split_with_full_share(3, 8, 0.25, prior_epochs=12)
+    assert sum(split) == 8 and split[-1] == 5
+    plan = plan_epochs([1.0, 2.0, 4.0], budget_seconds=100.0, min_full_share=0.25, prior_epochs=40)
+    assert plan.stage_epochs[-1] >= 0.25 * (40 + plan.num_epochs)
+    assert plan.predicted_seconds <= 100.0 and plan.num_epochs == 35
+
+
+def test_epoch_spans_count_between_epoch_work_but_not_dead_time() -> None:
+    starts = [0.0, 10.0, 21.0, 500.0, 512.0]  # killed during epoch 2's bookkeeping, resumed at epoch 3
+    ends = [9.0, 20.0, 30.0, 510.0, 520.0]
+    assert epoch_spans(starts, ends, {3}) == [10.0, 11.0, 9.0, 12.0, 8.0]
+    assert epoch_spans(starts[:2], ends[:2]) == [10.0, 10.0]
+
+
+def test_additive_correction_spreads_the_miss_over_the_epochs() -> None:
+    assert additive_correction(12.0, 10.0, 8) == pytest.approx(0.25)
+    assert additive_correction(9.0, 10.0, 4) == pytest.approx(-0.25)
+    assert additive_correction(5.0, 1.0, 0) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("remaining", "per_epoch", "left"), [(10.0, 2.0, 5), (10.9, 2.0, 5), (11.0, 2.0, 6), (0.9, 2.0, 0), (-3.0, 2.0, 0)]
+)
+def test_final_stage_epochs_left_rounds_to_nearest(remaining: float, per_epoch: float, left: int) -> None:
+    assert final_stage_epochs_left(remaining, per_epoch) == left
+
+
+def test_final_stage_epochs_left_rejects_zero_cost() -> None:
+    with pytest.raises(ScheduleError, match="positive"):
+        final_stage_epochs_left(10.0, 0.0)

@@ -10,6 +10,7 @@ most epochs: more optimisation steps for the same wall clock.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from pgps.schedule import ScheduleError
@@ -27,12 +28,14 @@ class BudgetPlan:
         return sum(self.stage_epochs)
 
 
-def split_with_full_share(num_stages: int, epochs: int, min_full_share: float) -> list[int]:
+def split_with_full_share(num_stages: int, epochs: int, min_full_share: float, prior_epochs: int = 0) -> list[int]:
     """Equal epochs for the early stages, the last stage gets the remainder and at least
-    ``ceil(min_full_share * epochs)``; every stage at least one epoch."""
+    ``ceil(min_full_share * (prior_epochs + epochs))`` (``prior_epochs``: already trained, when the
+    rest of a run is re-planned); every stage at least one epoch."""
     if epochs < num_stages:
         raise ScheduleError(f"{epochs} epochs cannot hold {num_stages} stages")
-    last = max(math.ceil(min_full_share * epochs), epochs - (epochs // num_stages) * (num_stages - 1), 1)
+    share = math.ceil(min_full_share * (prior_epochs + epochs))
+    last = max(share, epochs - (epochs // num_stages) * (num_stages - 1), 1)
     last = min(last, epochs - (num_stages - 1))
     early = epochs - last
     per, extra = divmod(early, num_stages - 1) if num_stages > 1 else (0, 0)
@@ -45,10 +48,12 @@ def plan_epochs(
     min_full_share: float = 0.25,
     fixed_seconds: float = 0.0,
     max_epochs: int = 100_000,
+    prior_epochs: int = 0,
 ) -> BudgetPlan:
     """Largest total epoch count whose predicted time (``fixed_seconds`` + sum of
     ``epochs_k * seconds_per_epoch[k]``) fits ``budget_seconds``. ``seconds_per_epoch`` is in
-    curriculum order, the last entry the full planned patch."""
+    curriculum order, the last entry the full planned patch. ``prior_epochs`` were trained before
+    (re-planning the rest of a run): they count towards the full-size share."""
     if not seconds_per_epoch or any(t <= 0 for t in seconds_per_epoch):
         raise ScheduleError(f"seconds per epoch must be positive, got {seconds_per_epoch}")
     if not 0 <= min_full_share <= 1:
@@ -68,7 +73,7 @@ def plan_epochs(
         )
 
     def predicted(epochs: int) -> float:
-        split = split_with_full_share(len(costs), epochs, min_full_share)
+        split = split_with_full_share(len(costs), epochs, min_full_share, prior_epochs)
         return sum(e * c for e, c in zip(split, costs))
 
     # predicted() is not monotone in the epoch count (a new epoch can move work from the full
@@ -78,5 +83,33 @@ def plan_epochs(
     if lo is None:
         # the share constraint pushes too much onto the full size: one epoch per stage
         return BudgetPlan([1] * len(costs), indices, fixed_seconds + sum(costs), budget_seconds)
-    split = split_with_full_share(len(costs), lo, min_full_share)
+    split = split_with_full_share(len(costs), lo, min_full_share, prior_epochs)
     return BudgetPlan(split, indices, fixed_seconds + predicted(lo), budget_seconds)
+
+
+# ---------------------------------------------------------------- closed loop (re-planning while training)
+def epoch_spans(starts: list[float], ends: list[float], resumed_at: Collection[int] = ()) -> list[float]:
+    """Training seconds each epoch cost: start to the next epoch's start (checkpointing, plotting and
+    a stage's loader build between epochs included), the last one to its end. An epoch followed by
+    a resume ends at its own end: the time the run lay dead after a kill is not training time.
+    ``starts``/``ends`` are indexed by epoch from 0; ``resumed_at`` holds the epochs a run resumed at."""
+    spans = []
+    for i, (start, end) in enumerate(zip(starts, ends)):
+        nxt = starts[i + 1] if i + 1 < len(starts) and i + 1 not in resumed_at else end
+        spans.append(nxt - start)
+    return spans
+
+
+def additive_correction(actual_seconds: float, predicted_seconds: float, epochs: int) -> float:
+    """Per-epoch cost the warm-up missed (progress plotting, logging, the record, cache effects of
+    real data): spread evenly over the epochs trained so far. Additive, not a factor: what the
+    warm-up misses is mostly per-epoch bookkeeping that does not grow with the patch."""
+    return (actual_seconds - predicted_seconds) / epochs if epochs > 0 else 0.0
+
+
+def final_stage_epochs_left(remaining_seconds: float, seconds_per_epoch: float) -> int:
+    """Epochs still to train at the full patch so the run ends as close to its budget as whole
+    epochs allow (rounded to nearest: over by at most half an epoch, or under)."""
+    if seconds_per_epoch <= 0:
+        raise ScheduleError(f"seconds per epoch must be positive, got {seconds_per_epoch}")
+    return max(0, math.floor(remaining_seconds / seconds_per_epoch + 0.5))

@@ -29,7 +29,7 @@ from pgps.nnunet.loaders import PatchSwitch, build_train_loader, finish_loader
 from pgps.nnunet.norm import make_instance_norm_one_voxel_safe
 from pgps.nnunet.record import RunRecord, ShapeTally
 from pgps.nnunet.seeding import seed_everything
-from pgps.nnunet.timebudget import actual_stage_seconds, apply_plan, make_plan
+from pgps.nnunet.timebudget import actual_stage_seconds, apply_plan, make_plan, replan
 from pgps.schedule import Schedule, ScheduleError, build_schedule
 
 CONFIG_NAME = "pgps_config.json"
@@ -249,15 +249,33 @@ class PGPSTrainerBase(nnUNetTrainer):
 
     def on_epoch_end(self) -> None:
         # the record goes to disk BEFORE the checkpoint (see pgps.nnunet.record)
-        if self._pgps_record is not None:
-            entry = self._epoch_entry()
-            if self.pgps_time_plan is not None:
-                plan = self._pgps_record.data["time_budget"]
-                epochs = [*self._pgps_record.data["epochs"], entry]
-                plan["actual_stage_seconds"] = actual_stage_seconds(epochs, len(self.pgps_schedule.stages))
-                plan["actual_seconds"] = epochs[-1]["epoch_end"] - epochs[0]["epoch_start"]
+        entry = self._epoch_entry() if self._pgps_record is not None else None
+        if self.pgps_time_plan is not None:  # every rank: a re-plan is broadcast under DDP
+            self._pgps_follow_budget(entry)
+        if entry is not None:
             self._pgps_record.add_epoch(entry)
         super().on_epoch_end()
+
+    def _pgps_follow_budget(self, entry: dict | None) -> None:
+        """Closed-loop time budget: re-plan the epochs not yet trained, and keep plan-vs-actual
+        in the run record (and the current plan in pgps_config.json) up to date."""
+        rec = self._pgps_record
+        epochs = [*rec.data["epochs"], entry] if rec is not None and entry is not None else []
+        resumed = {r["at_epoch"] for r in rec.data["resumes"]} if rec is not None else set()
+        change = replan(self, epochs, resumed)
+        if rec is None:
+            return
+        if change is not None:
+            rec.data["time_budget"] = dict(self.pgps_time_plan)
+            rec.data["schedule"] = self.pgps_schedule.to_dict()
+            atomic_write_json(f"{self.output_folder}/{CONFIG_NAME}", self.pgps_config())
+            self.print_to_log_file(
+                f"PGPS re-plan after epoch {change['after_epoch']} ({change['spent_seconds']:.1f} s "
+                f"spent): epochs {change['stage_epochs']} at stages {change['stage_indices']}"
+            )
+        plan = rec.data["time_budget"]
+        plan["actual_stage_seconds"] = actual_stage_seconds(epochs, len(self.pgps_schedule.stages), resumed)
+        plan["actual_seconds"] = sum(plan["actual_stage_seconds"])
 
     def _epoch_entry(self) -> dict:
         e = self.current_epoch
@@ -282,6 +300,24 @@ class PGPSTrainerBase(nnUNetTrainer):
             "mean_pseudo_dice": _num(get("mean_fg_dice", step=-1)),
             "ema_pseudo_dice": _num(get("ema_fg_dice", step=-1)),
         }
+
+    def run_training(self) -> None:
+        """nnU-Net 2.8's loop, unchanged except that it re-reads ``num_epochs`` every epoch
+        (``range`` fixes it at the start): the time budget's closed loop changes it mid-run."""
+        self.on_train_start()
+        while self.current_epoch < self.num_epochs:
+            self.on_epoch_start()
+            self.on_train_epoch_start()
+            train_outputs = [self.train_step(next(self.dataloader_train)) for _ in range(self.num_iterations_per_epoch)]
+            self.on_train_epoch_end(train_outputs)
+            with torch.no_grad():
+                self.on_validation_epoch_start()
+                val_outputs = [
+                    self.validation_step(next(self.dataloader_val)) for _ in range(self.num_val_iterations_per_epoch)
+                ]
+                self.on_validation_epoch_end(val_outputs)
+            self.on_epoch_end()
+        self.on_train_end()
 
     def on_train_end(self) -> None:
         super().on_train_end()

@@ -16,6 +16,20 @@ from pgps.nnunet.atomic import atomic_write_json
 RECORD_NAME = "pgps_record.json"
 
 
+def _trained_part(schedule: Any, upto: int) -> Any:
+    """What epochs ``< upto`` trained with. A time-budgeted run re-plans the epochs it has not
+    trained yet, so a record written just before a kill may hold a later plan for those."""
+    if not isinstance(schedule, dict) or not isinstance(schedule.get("stages"), list):
+        return schedule
+    head = {k: v for k, v in schedule.items() if k not in ("num_epochs", "stages", "voxel_fraction")}
+    stages = [
+        (s.get("patch_size"), s.get("batch_size"), s.get("start_epoch"), min(s.get("end_epoch", upto), upto))
+        for s in schedule["stages"]
+        if s.get("start_epoch", 0) < upto
+    ]
+    return head, stages
+
+
 class RunRecord:
     def __init__(self, fold_dir: str | Path, trainer: str, config: dict, schedule: dict) -> None:
         self.path = Path(fold_dir) / RECORD_NAME
@@ -36,7 +50,7 @@ class RunRecord:
             old = json.loads(self.path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise PGPSError(f"{self.path}: unreadable run record ({exc}); cannot resume the record") from None
-        if old.get("schedule") != self.data["schedule"]:
+        if _trained_part(old.get("schedule"), current_epoch) != _trained_part(self.data["schedule"], current_epoch):
             raise PGPSError(f"{self.path}: recorded schedule differs from the current one; refusing to resume")
         kept = [e for e in old.get("epochs", []) if e["epoch"] < current_epoch]
         self.data["epochs"] = kept

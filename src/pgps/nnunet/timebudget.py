@@ -1,7 +1,10 @@
 """Time-budgeted curriculum in the trainer: a short timed warm-up at every stage size of the
 mode's full curriculum, then ``pgps.budget.plan_epochs`` picks the epochs per stage so the
-training (first epoch start to last epoch end) fits ``PGPS_TIME_BUDGET``. The plan is measured
-once, on a fresh run; it travels in the checkpoint so ``--c`` rebuilds the identical schedule.
+training (first epoch start to last epoch end) fits ``PGPS_TIME_BUDGET``. The warm-up is measured
+once, on a fresh run. The plan is then corrected in a closed loop (``replan``): at every stage
+change the rest of the curriculum is re-planned with the per-epoch cost the warm-up missed, and in
+the full-size stage the epoch count follows the measured epoch time. Only epochs not yet trained
+change; the current plan travels in the checkpoint so ``--c`` rebuilds the identical schedule.
 
 Per-epoch cost of stage k = iters x (train step + synchronous loading) + validation at the full
 patch + checkpoint writing / save_every. Loading is timed only when it runs in the main process
@@ -20,7 +23,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pgps.budget import plan_epochs
+from pgps.budget import (
+    BudgetPlan,
+    additive_correction,
+    epoch_spans,
+    final_stage_epochs_left,
+    plan_epochs,
+)
 from pgps.errors import PGPSError
 from pgps.nnunet.dryrun import restored_state, synthetic_batch
 from pgps.nnunet.loaders import build_train_loader, finish_loader
@@ -249,11 +258,80 @@ def apply_plan(trainer: Any, plan: dict) -> None:
     trainer.pgps_time_plan = plan
 
 
-def actual_stage_seconds(epochs: list[dict], num_stages: int) -> list[float]:
-    """Recorded wall time per stage of the budgeted schedule, for plan-vs-actual: an epoch counts
-    from its start to the next epoch's start (checkpointing, plotting and the stage's loader
-    build between epochs included, as the plan includes them); the last one to its end."""
+def actual_stage_seconds(epochs: list[dict], num_stages: int, resumed_at: set[int] | None = None) -> list[float]:
+    """Recorded training seconds per stage of the budgeted schedule, for plan-vs-actual (spans as
+    in ``pgps.budget.epoch_spans``: between-epoch work counted, time dead after a kill not)."""
     out = [0.0] * num_stages
-    for e, nxt in zip(epochs, [*epochs[1:], None]):
-        out[e["stage"]] += (nxt["epoch_start"] if nxt is not None else e["epoch_end"]) - e["epoch_start"]
+    spans = epoch_spans([e["epoch_start"] for e in epochs], [e["epoch_end"] for e in epochs], resumed_at or set())
+    for e, span in zip(epochs, spans):
+        out[e["stage"]] += span
     return out
+
+
+def _replan_on_rank0(trainer: Any, epochs: list[dict], resumed_at: set[int]) -> dict | None:
+    plan, sched = trainer.pgps_time_plan, trainer.pgps_schedule
+    e = trainer.current_epoch
+    k, last = sched.stage_index(e), len(sched.stages) - 1
+    if k < last and e != sched.stages[k].end_epoch - 1:
+        return None  # mid-stage before the full size: nothing to decide yet
+    costs = plan["measured"]
+    per_epoch, indices, stage_epochs = plan["epoch_seconds"], plan["stage_indices"], plan["stage_epochs"]
+    spans = epoch_spans([x["epoch_start"] for x in epochs], [x["epoch_end"] for x in epochs], resumed_at)
+    # the epoch being closed still writes its checkpoints and plot after this point
+    tail = costs["checkpoint_seconds"] * (1 / trainer.pgps_knobs.save_every + 1) + costs["plot_seconds"]
+    spent = sum(spans) + tail
+    remaining = plan["budget_seconds"] - spent
+    if k < last:  # stage change ahead: re-plan every later stage with the cost the warm-up missed
+        predicted = sum(per_epoch[indices[sched.stage_index(x["epoch"])]] for x in epochs)
+        predicted += sum(_stage_change_seconds(costs, indices[j]) for j in range(k + 1))
+        delta = additive_correction(spent, predicted, len(epochs))
+        rest = indices[k + 1 :]
+        rest_costs = [max(per_epoch[i] + delta, 0.1 * per_epoch[i]) for i in rest]
+        fixed = sum(_stage_change_seconds(costs, i) for i in rest)
+        try:
+            sub = plan_epochs(rest_costs, remaining, plan["min_full_share"], fixed_seconds=fixed, prior_epochs=e + 1)
+        except ScheduleError:  # over budget already: the full size still gets its one epoch
+            sub = BudgetPlan([1], [len(rest) - 1], fixed + rest_costs[-1], remaining)
+        new_indices = indices[: k + 1] + [rest[j] for j in sub.stage_indices]
+        new_epochs = stage_epochs[: k + 1] + sub.stage_epochs
+        basis = {"per_epoch_correction_seconds": delta}
+    else:  # in the full-size stage: whole epochs of the measured length until the budget is used
+        start = sched.stages[k].start_epoch
+        full = [s for x, s in zip(epochs[:-1], spans[:-1]) if x["epoch"] >= start]
+        seconds = statistics.median(full) if full else spans[-1] + tail
+        left = final_stage_epochs_left(remaining, seconds)
+        new_indices, new_epochs = list(indices), [*stage_epochs[:-1], e + 1 - start + left]
+        basis = {"full_epoch_seconds": seconds}
+    if k == last and new_epochs == stage_epochs:
+        return None  # in the full-size stage only changes are recorded; every stage change is
+    return {
+        "after_epoch": e,
+        "spent_seconds": spent,
+        "stage_indices": new_indices,
+        "stage_epochs": new_epochs,
+        "num_epochs": sum(new_epochs),
+        **basis,
+    }
+
+
+def _stage_change_seconds(costs: dict, index: int) -> float:
+    return costs["loader_build_seconds"] + costs["first_step_extra_seconds"][index]
+
+
+def replan(trainer: Any, epochs: list[dict], resumed_at: set[int]) -> dict | None:
+    """Closed-loop correction after epoch ``trainer.current_epoch`` (``epochs``: the run record's
+    epochs, this one included): at the last epoch of a stage, re-plan the later stages; in the
+    full-size stage, set how many epochs are left. Applies and returns the change (None: none).
+    Rank 0 decides (it holds the record) and broadcasts under DDP."""
+    change = _replan_on_rank0(trainer, epochs, resumed_at) if trainer.local_rank == 0 else None
+    if trainer.is_ddp:
+        box = [change]
+        dist.broadcast_object_list(box, src=0)
+        change = box[0]
+    if change is None:
+        return None
+    plan = dict(trainer.pgps_time_plan)
+    plan.update({k: change[k] for k in ("stage_indices", "stage_epochs", "num_epochs")})
+    plan["replans"] = [*plan.get("replans", []), change]
+    apply_plan(trainer, plan)
+    return change
