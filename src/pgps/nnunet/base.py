@@ -27,6 +27,7 @@ from pgps.nnunet.geometry import poolings_from_strides, rank_batch_sizes, rank_o
 from pgps.nnunet.knobs import read_knobs
 from pgps.nnunet.loaders import PatchSwitch, build_train_loader, finish_loader
 from pgps.nnunet.norm import make_instance_norm_one_voxel_safe
+from pgps.nnunet.progress import BackgroundProgressPlot
 from pgps.nnunet.record import RunRecord, ShapeTally
 from pgps.nnunet.seeding import seed_everything
 from pgps.nnunet.timebudget import actual_stage_seconds, apply_plan, make_plan, replan
@@ -99,6 +100,7 @@ class PGPSTrainerBase(nnUNetTrainer):
         self._pgps_energy: StageEnergy | None = None
         self.pgps_dry_runs: list[dict] = []
         self.pgps_time_plan: dict | None = None  # PGPS_TIME_BUDGET: measured once, then from the checkpoint
+        self._pgps_plot: BackgroundProgressPlot | None = None
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -198,6 +200,9 @@ class PGPSTrainerBase(nnUNetTrainer):
                     f"{self.__class__.__name__}_{self.plans_manager.dataset_name}",
                 )
                 self._pgps_energy.start()
+        if self.local_rank == 0:  # nnU-Net's per-epoch progress.png, drawn off the training thread
+            self._pgps_plot = BackgroundProgressPlot()
+            self.logger.plot_progress_png = lambda folder: self._pgps_plot.submit(self.logger.local_logger, folder)
         self._pgps_tally.attach(self.network)
         self.print_to_log_file(f"PGPS schedule ({self.pgps_mode}): {json.dumps(self.pgps_schedule.to_dict())}")
 
@@ -320,6 +325,8 @@ class PGPSTrainerBase(nnUNetTrainer):
         self.on_train_end()
 
     def on_train_end(self) -> None:
+        if self._pgps_plot is not None:
+            self._pgps_plot.close()  # the final progress.png is on disk before training counts as done
         super().on_train_end()
         finish_loader(self.dataloader_train)
         self._pgps_tally.detach()
