@@ -27,7 +27,7 @@ if str(REPO) not in sys.path:  # run as a script: make `benchmarks.*` importable
 
 from benchmarks.plot import plot, short  # noqa: E402
 from benchmarks.prepare import TASK_IDS, nnunet_dirs, prepare  # noqa: E402
-from benchmarks.stats import aggregate, check_targets, summarize_run  # noqa: E402
+from benchmarks.stats import PHASES, aggregate, check_targets, summarize_run  # noqa: E402
 from pgps.errors import PGPSError  # noqa: E402
 from pgps.report.environment import cpu_model  # noqa: E402
 
@@ -164,6 +164,21 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def phase_table(result: dict) -> str:
+    """Markdown table: where each trainer's training time went (medians over repetitions, seconds)."""
+    lines = [
+        "| trainer | training s | network steps | loader wait | validation | epoch end (ckpt, plot, record) "
+        "| epoch start (stage switch) | other | step-time ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in result["trainers"].items():
+        cells = " | ".join(fmt(e[f]["median"], 1) for f in PHASES)
+        lines.append(
+            f"| {short(name)} | {fmt(e['training_s']['median'], 1)} | {cells} | {fmt(e['ratio']['step']['median'])} |"
+        )
+    return "\n".join(lines)
+
+
 def build_result(
     raws: list[dict],
     baseline: str,
@@ -201,6 +216,10 @@ def build_result(
         "runs": summaries,
         "bench_wall_s": wall_s,
     }
+
+
+def report_text(result: dict) -> str:
+    return f"{table(result)}\n\n{phase_table(result)}\n\n{targets_text(result)}\n"
 
 
 def targets_text(result: dict) -> str:
@@ -268,12 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write(json_path, json.dumps(result, indent=1) + "\n")
         plot(result, png)
-        atomic_write(json_path.with_suffix(".md"), table(result) + "\n\n" + targets_text(result) + "\n")
+        atomic_write(json_path.with_suffix(".md"), report_text(result))
     shutil.copyfile(json_path, runs / "result.json")
     print()
-    print(table(result))
-    print()
-    print(targets_text(result))
+    print(report_text(result))
     print(f"bench: wrote {json_path} and {png} in {result['bench_wall_s']:.0f} s")
     return 0
 

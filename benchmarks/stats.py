@@ -109,6 +109,33 @@ def stage_switches(raw: dict) -> list[dict]:
     return out
 
 
+def _hook_seconds(raw: dict, name: str) -> float:
+    return sum(h["t1"] - h["t0"] for h in raw["hooks"] if h["hook"] == name)
+
+
+def time_by_phase(raw: dict) -> dict:
+    """Where a run's training time went: network steps, waiting for batches, the per-epoch
+    validation (start hook to end hook, batches included), the epoch-end bookkeeping (checkpoints,
+    progress plot, run record) and the epoch-start hook (a PGPS stage switch rebuilds the loader
+    there). ``other_s`` is the rest of ``training_s`` (logging, the epoch loop itself)."""
+    its = raw["iterations"]
+    step = sum(it["step_t1"] - it["step_t0"] for it in its)
+    wait = sum(w for w in (_wait(it) for it in its) if w is not None)
+    val_start = {h["epoch"]: h["t0"] for h in raw["hooks"] if h["hook"] == "on_validation_epoch_start"}
+    val_end = {h["epoch"]: h["t1"] for h in raw["hooks"] if h["hook"] == "on_validation_epoch_end"}
+    validation = sum(val_end[e] - t0 for e, t0 in val_start.items() if e in val_end)
+    epoch_end = _hook_seconds(raw, "on_epoch_end")
+    epoch_start = _hook_seconds(raw, "on_train_epoch_start")
+    return {
+        "step_s": step,
+        "wait_s": wait,
+        "validation_s": validation,
+        "epoch_end_s": epoch_end,
+        "epoch_start_s": epoch_start,
+        "other_s": raw["training_s"] - step - wait - validation - epoch_end - epoch_start,
+    }
+
+
 def summarize_run(raw: dict) -> dict:
     """The numbers of one training run (one trainer, one repetition)."""
     its = raw["iterations"]
@@ -121,6 +148,7 @@ def summarize_run(raw: dict) -> dict:
     full = math.prod(planned) * planned_batch
     realized = sum(_key(it["shape"])[0] * math.prod(_key(it["shape"])[1]) for it in its) / (len(its) * full)
     schedule = raw.get("schedule") or {}
+    phases = time_by_phase(raw)
     return {
         "trainer": raw["trainer"],
         "training_s": raw["training_s"],
@@ -131,6 +159,7 @@ def summarize_run(raw: dict) -> dict:
         "final_validation_s": raw.get("final_validation_s"),
         "train_loop_s": loop,
         "outside_loop_s": raw["training_s"] - loop,
+        **phases,
         "iterations": len(its),
         "wait_per_iter_s": statistics.median(waits) if waits else None,
         "wait_mean_per_iter_s": statistics.fmean(waits) if waits else None,
@@ -151,8 +180,10 @@ def summarize_run(raw: dict) -> dict:
     }
 
 
+PHASES = ("step_s", "wait_s", "validation_s", "epoch_end_s", "epoch_start_s", "other_s")
 RATIO_FIELDS = {
     "wall": "training_s",
+    "step": "step_s",
     "loop": "train_loop_s",
     "cpu": "training_cpu_s",
     "process": "process_s",
@@ -180,7 +211,7 @@ def aggregate(runs: list[dict], baseline: str) -> dict:
             "peak_rss_training_mib": spread(r["peak_rss_training_mib"] for r in mine),
             "cuda_max_allocated_mib": spread(r["cuda_max_allocated_mib"] for r in mine),
         }
-        for field in ("training_s", "train_loop_s", "outside_loop_s", "training_cpu_s", "process_s"):
+        for field in ("training_s", "train_loop_s", "outside_loop_s", "training_cpu_s", "process_s", *PHASES):
             entry[field] = spread(r.get(field) for r in mine)
         entry["ratio"] = {}
         for label, field in RATIO_FIELDS.items():

@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from benchmarks.instrument import _timed_class
-from benchmarks.stats import aggregate, check_targets, per_stage, spread, stage_switches, summarize_run
+from benchmarks.stats import (
+    aggregate,
+    check_targets,
+    per_stage,
+    spread,
+    stage_switches,
+    summarize_run,
+    time_by_phase,
+)
 
 
 def _it(epoch: int, shape: list[int], t: float, wait: float, step: float) -> dict:
@@ -172,3 +180,23 @@ def test_timed_loader_keeps_its_class_and_reports_each_wait() -> None:
     assert isinstance(loader, SingleThreadedAugmenter)
     assert len(waits) == 3 and all(t1 >= t0 for t0, t1 in waits)
     assert _timed_class(SingleThreadedAugmenter) is type(loader)  # one subclass per loader class
+
+
+def test_time_by_phase_splits_training_time() -> None:
+    raw = _two_stage_raw()
+    raw["hooks"] += [
+        {"hook": "on_validation_epoch_start", "epoch": 0, "t0": 5.3, "t1": 5.35},
+        {"hook": "on_validation_epoch_end", "epoch": 0, "t0": 6.0, "t1": 6.1},
+        {"hook": "on_epoch_end", "epoch": 0, "t0": 6.1, "t1": 6.9},
+        {"hook": "on_validation_epoch_start", "epoch": 1, "t0": 16.95, "t1": 17.0},
+        {"hook": "on_validation_epoch_end", "epoch": 1, "t0": 17.5, "t1": 17.6},
+        {"hook": "on_epoch_end", "epoch": 1, "t0": 17.6, "t1": 19.0},
+    ]
+    phases = time_by_phase(raw)
+    assert phases["step_s"] == pytest.approx(3 + 1 + 1 + 5 + 2 + 2)
+    assert phases["wait_s"] == pytest.approx(0.1 * 3 + 0.5 + 0.1 + 0.1)
+    assert phases["validation_s"] == pytest.approx(0.8 + 0.65)
+    assert phases["epoch_end_s"] == pytest.approx(0.8 + 1.4)
+    assert phases["epoch_start_s"] == pytest.approx(0.2 + 0.25)
+    assert sum(phases.values()) == pytest.approx(raw["training_s"])
+    assert summarize_run(raw)["validation_s"] == pytest.approx(1.45)
