@@ -1,6 +1,6 @@
-"""nnU-Net's progress.png drawn off the training thread (pgps.nnunet.progress), with nnU-Net's own
-LocalLogger and matplotlib: the newest state always lands, on disk whole, and a drawing error
-reaches the caller at close. ~5 s (each real plot is a 3000x5400 px PNG)."""
+"""nnU-Net's progress.png at a bounded cost (pgps.nnunet.progress), with nnU-Net's own LocalLogger
+and matplotlib: requests inside the throttle window are skipped, the newest state lands at flush,
+the PNG is whole and no temp dir is left. ~3 s (each real plot is a 3000x5400 px PNG)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from nnunetv2.training.logging.nnunet_logger import LocalLogger
 
-from pgps.nnunet.progress import PNG_NAME, BackgroundProgressPlot
+from pgps.nnunet.progress import PNG_NAME, ThrottledProgressPlot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -22,28 +22,31 @@ def _log_epoch(logger: LocalLogger, epoch: int) -> None:
     logger.log("epoch_end_timestamps", epoch + 0.9, epoch)
 
 
-def test_newest_state_lands_whole_and_requests_coalesce(tmp_path: Path) -> None:
-    logger, plot = LocalLogger(), BackgroundProgressPlot()
-    for epoch in range(6):  # faster than one plot takes: requests queue up and replace each other
+def test_throttle_skips_inside_the_window_and_flush_draws_the_newest(tmp_path: Path) -> None:
+    logger, plot = LocalLogger(), ThrottledProgressPlot(max_share=0.02)
+    drawn_now = []
+    for epoch in range(6):  # epochs far shorter than 50x a draw: only the first draws at once
         _log_epoch(logger, epoch)
-        plot.submit(logger, str(tmp_path))
-    plot.close()
-    assert plot.last_drawn_epochs == 6
-    assert 1 <= plot.drawn < 6
+        drawn_now.append(plot.request(logger, str(tmp_path)))
+    assert drawn_now == [True, False, False, False, False, False]
+    assert (plot.drawn, plot.skipped, plot.last_drawn_epochs) == (1, 5, 1)
+    plot.flush()
+    assert (plot.drawn, plot.last_drawn_epochs) == (2, 6)
+    plot.flush()  # nothing new since: no extra draw
+    assert plot.drawn == 2
     assert (tmp_path / PNG_NAME).read_bytes()[:8] == PNG_MAGIC
     assert sorted(p.name for p in tmp_path.iterdir()) == [PNG_NAME]  # no temp dirs left behind
-    # the snapshot is a copy: logging on while a plot draws does not change what it draws
-    _log_epoch(logger, 6)
-    plot.submit(logger, str(tmp_path))
-    logger.my_fantastic_logging["train_losses"].append(1.0)
-    plot.close()
-    assert plot.last_drawn_epochs == 7
 
 
-def test_drawing_error_surfaces_at_close(tmp_path: Path) -> None:
-    logger, plot = LocalLogger(), BackgroundProgressPlot()
-    _log_epoch(logger, 0)
-    plot.submit(logger, str(tmp_path / "missing-folder"))
-    with pytest.raises(RuntimeError, match=f"drawing {PNG_NAME} failed"):
-        plot.close()
-    plot.close()  # reported once; the plotter stays usable
+def test_share_one_draws_every_request(tmp_path: Path) -> None:
+    logger, plot = LocalLogger(), ThrottledProgressPlot(max_share=1.0)
+    for epoch in range(2):
+        _log_epoch(logger, epoch)
+        assert plot.request(logger, str(tmp_path))
+    assert (plot.drawn, plot.skipped) == (2, 0)
+
+
+@pytest.mark.parametrize("share", [0.0, -0.1, 1.5])
+def test_invalid_share_is_refused(share: float) -> None:
+    with pytest.raises(ValueError, match="max_share must be in"):
+        ThrottledProgressPlot(max_share=share)

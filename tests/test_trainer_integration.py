@@ -78,6 +78,14 @@ def test_network_saw_the_schedule_and_validated_at_full_patch(root: Path, refere
     assert "foreground_mean" in summary
 
 
+def test_progress_png_drawn_after_the_last_epoch(reference: Path) -> None:
+    """Throttled drawing (pgps.nnunet.progress) still leaves the final state on disk, whole."""
+    png = reference / "progress.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_mtime >= read_record(reference)["epochs"][-1]["epoch_end"] - 1.0
+    assert not list(reference.glob(".progress_*"))
+
+
 def test_checkpoint_carries_schedule(root: Path, reference: Path) -> None:
     ckpt = torch.load(reference / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     sched, _ = expected_schedule(root)

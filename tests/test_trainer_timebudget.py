@@ -22,7 +22,7 @@ import torch
 
 from pgps.errors import PGPSError
 from pgps.nnunet.knobs import read_knobs
-from pgps.nnunet.timebudget import affine_fit
+from pgps.nnunet.timebudget import affine_fit, plot_seconds_per_epoch
 from pgps.schedule import ScheduleError, build_schedule
 from test_trainer_fixtures import BIN, DATASET_ID, fold_dir, nnunet_env, read_record, reduced_root, run
 
@@ -265,3 +265,8 @@ def test_invalid_budget_through_nnunet_cli(root: Path, tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "PGPS_TIME_BUDGET='fast': use off, a positive duration such as 2.5h" in proc.stderr
     assert not (fold_dir(tmp_path / "results", "nnUNetTrainerPGPS") / "pgps_config.json").exists()
+
+
+def test_plot_cost_per_epoch_follows_the_throttle() -> None:
+    assert plot_seconds_per_epoch(0.6, 100.0) == pytest.approx(0.6)  # long epochs: a draw every epoch
+    assert plot_seconds_per_epoch(0.6, 1.0) == pytest.approx(0.02 / 0.98)  # short ones: 2 % of the wall time

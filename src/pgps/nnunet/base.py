@@ -27,7 +27,7 @@ from pgps.nnunet.geometry import poolings_from_strides, rank_batch_sizes, rank_o
 from pgps.nnunet.knobs import read_knobs
 from pgps.nnunet.loaders import PatchSwitch, build_train_loader, finish_loader
 from pgps.nnunet.norm import make_instance_norm_one_voxel_safe
-from pgps.nnunet.progress import BackgroundProgressPlot
+from pgps.nnunet.progress import ThrottledProgressPlot
 from pgps.nnunet.record import RunRecord, ShapeTally
 from pgps.nnunet.seeding import seed_everything
 from pgps.nnunet.timebudget import actual_stage_seconds, apply_plan, make_plan, replan
@@ -100,7 +100,7 @@ class PGPSTrainerBase(nnUNetTrainer):
         self._pgps_energy: StageEnergy | None = None
         self.pgps_dry_runs: list[dict] = []
         self.pgps_time_plan: dict | None = None  # PGPS_TIME_BUDGET: measured once, then from the checkpoint
-        self._pgps_plot: BackgroundProgressPlot | None = None
+        self._pgps_plot: ThrottledProgressPlot | None = None
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -200,9 +200,9 @@ class PGPSTrainerBase(nnUNetTrainer):
                     f"{self.__class__.__name__}_{self.plans_manager.dataset_name}",
                 )
                 self._pgps_energy.start()
-        if self.local_rank == 0:  # nnU-Net's per-epoch progress.png, drawn off the training thread
-            self._pgps_plot = BackgroundProgressPlot()
-            self.logger.plot_progress_png = lambda folder: self._pgps_plot.submit(self.logger.local_logger, folder)
+        if self.local_rank == 0:  # nnU-Net's per-epoch progress.png, at most 2 % of the wall time
+            self._pgps_plot = ThrottledProgressPlot()
+            self.logger.plot_progress_png = lambda folder: self._pgps_plot.request(self.logger.local_logger, folder)
         self._pgps_tally.attach(self.network)
         self.print_to_log_file(f"PGPS schedule ({self.pgps_mode}): {json.dumps(self.pgps_schedule.to_dict())}")
 
@@ -326,7 +326,7 @@ class PGPSTrainerBase(nnUNetTrainer):
 
     def on_train_end(self) -> None:
         if self._pgps_plot is not None:
-            self._pgps_plot.close()  # the final progress.png is on disk before training counts as done
+            self._pgps_plot.flush()  # the final progress.png shows every epoch
         super().on_train_end()
         finish_loader(self.dataloader_train)
         self._pgps_tally.detach()

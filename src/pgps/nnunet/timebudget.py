@@ -7,9 +7,10 @@ the full-size stage the epoch count follows the measured epoch time. Only epochs
 change; the current plan travels in the checkpoint so ``--c`` rebuilds the identical schedule.
 
 Per-epoch cost of stage k = iters x (train step + synchronous loading) + validation at the full
-patch + checkpoint writing / save_every. Loading is timed only when it runs in the main process
-(``nnUNet_n_proc_DA=0``; with background workers it overlaps the GPU step), once at the planned
-patch (building a loader per stage costs more than it tells) and scaled by voxels per batch."""
+patch + checkpoint writing / save_every + the throttled progress plot. Loading is timed only when
+it runs in the main process (``nnUNet_n_proc_DA=0``; with background workers it overlaps the GPU
+step), once at the planned patch (building a loader per stage costs more than it tells) and
+scaled by voxels per batch."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from pgps.budget import (
 from pgps.errors import PGPSError
 from pgps.nnunet.dryrun import restored_state, synthetic_batch
 from pgps.nnunet.loaders import build_train_loader, finish_loader
+from pgps.nnunet.progress import MAX_SHARE
 from pgps.schedule import Schedule, ScheduleError, build_schedule
 
 WARMUP_CALLS = 3  # per stage; the first (allocator / cudnn autotune) is discarded, the median of the rest kept
@@ -166,7 +168,7 @@ def _checkpoint_seconds(trainer: Any) -> float:
 
 
 def _plot_seconds(trainer: Any) -> float:
-    """nnU-Net redraws progress.png after every epoch (matplotlib; ~1 s on a busy CPU)."""
+    """One draw of nnU-Net's progress.png (matplotlib; ~0.6 s on a CPU core); throttled in training."""
     if trainer.local_rank != 0:
         return 0.0
     from nnunetv2.training.logging.nnunet_logger import LocalLogger
@@ -188,11 +190,16 @@ def epoch_seconds(costs: dict, knobs: Any) -> list[float]:
     """Predicted seconds of one epoch at each stage of the full curriculum."""
     val = knobs.val_iters * (costs["val_step_seconds"] + costs["val_load_seconds"])
     # checkpoint_latest every save_every epochs, and checkpoint_best whenever the EMA Dice improves
-    ckpt = costs["checkpoint_seconds"] * (1 / knobs.save_every + 1) + costs["plot_seconds"]
-    return [
-        knobs.iters_per_epoch * (s + ld) + val + ckpt
-        for s, ld in zip(costs["train_step_seconds"], costs["train_load_seconds"])
-    ]
+    ckpt = costs["checkpoint_seconds"] * (1 / knobs.save_every + 1)
+    steps = zip(costs["train_step_seconds"], costs["train_load_seconds"])
+    rest = [knobs.iters_per_epoch * (s + ld) + val + ckpt for s, ld in steps]
+    return [r + plot_seconds_per_epoch(costs["plot_seconds"], r) for r in rest]
+
+
+def plot_seconds_per_epoch(draw_seconds: float, rest_of_epoch: float) -> float:
+    """progress.png's cost per epoch under the throttle (pgps.nnunet.progress): a draw every epoch
+    when epochs are long, else at most MAX_SHARE of the wall time."""
+    return min(draw_seconds, MAX_SHARE / (1 - MAX_SHARE) * rest_of_epoch)
 
 
 def budget_seconds(knobs: Any, per_epoch: list[float]) -> float:
@@ -278,7 +285,7 @@ def _replan_on_rank0(trainer: Any, epochs: list[dict], resumed_at: set[int]) -> 
     per_epoch, indices, stage_epochs = plan["epoch_seconds"], plan["stage_indices"], plan["stage_epochs"]
     spans = epoch_spans([x["epoch_start"] for x in epochs], [x["epoch_end"] for x in epochs], resumed_at)
     # the epoch being closed still writes its checkpoints and plot after this point
-    tail = costs["checkpoint_seconds"] * (1 / trainer.pgps_knobs.save_every + 1) + costs["plot_seconds"]
+    tail = costs["checkpoint_seconds"] * (1 / trainer.pgps_knobs.save_every + 1)
     spent = sum(spans) + tail
     remaining = plan["budget_seconds"] - spent
     if k < last:  # stage change ahead: re-plan every later stage with the cost the warm-up missed
