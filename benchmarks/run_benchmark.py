@@ -27,7 +27,7 @@ if str(REPO) not in sys.path:  # run as a script: make `benchmarks.*` importable
 
 from benchmarks.plot import plot, short  # noqa: E402
 from benchmarks.prepare import TASK_IDS, nnunet_dirs, prepare  # noqa: E402
-from benchmarks.stats import PHASES, aggregate, check_targets, summarize_run  # noqa: E402
+from benchmarks.stats import PHASES, aggregate, check_targets, projected_seconds, summarize_run  # noqa: E402
 from pgps.errors import PGPSError  # noqa: E402
 from pgps.report.environment import cpu_model  # noqa: E402
 
@@ -125,7 +125,9 @@ def run_one(trainer: str, rep: int, dataset: str, work: Path, runs: Path, args: 
     raw = json.loads(out.read_text())
     raw["process_s"] = process_s
     raw["rep"] = rep
+    raw["dataset"] = dataset
     raw["loadavg_before"] = load_before  # other work on the machine shows here (1-min load > cores: suspect)
+    atomic_write(out, json.dumps(raw) + "\n")  # complete on disk: --reanalyse rebuilds results from it
     if not args.keep_checkpoints:  # 20-50 MB each; the numbers are in raw.json
         for pth in (run_dir / "nnUNet_results").rglob("*.pth"):
             pth.unlink()
@@ -168,13 +170,15 @@ def phase_table(result: dict) -> str:
     """Markdown table: where each trainer's training time went (medians over repetitions, seconds)."""
     lines = [
         "| trainer | training s | network steps | loader wait | validation | epoch end (ckpt, plot, record) "
-        "| epoch start (stage switch) | other | step-time ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| epoch start (stage switch) | other | step-time ratio | projected ratio, nnU-Net protocol |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, e in result["trainers"].items():
         cells = " | ".join(fmt(e[f]["median"], 1) for f in PHASES)
+        r = e["ratio"]
         lines.append(
-            f"| {short(name)} | {fmt(e['training_s']['median'], 1)} | {cells} | {fmt(e['ratio']['step']['median'])} |"
+            f"| {short(name)} | {fmt(e['training_s']['median'], 1)} | {cells} | {fmt(r['step']['median'])} "
+            f"| {fmt(r['projected']['median'])} |"
         )
     return "\n".join(lines)
 
@@ -189,7 +193,9 @@ def build_result(
     wall_s: float,
 ) -> dict:
     """The results file: config, machine, targets, per-trainer aggregates and every run's numbers."""
-    summaries = [{**summarize_run(r), "rep": r["rep"]} for r in raws]
+    summaries = [
+        {**summarize_run(r), "rep": r["rep"], "projected_s": projected_seconds(r, args.val_iters)} for r in raws
+    ]
     agg = aggregate(summaries, baseline)
     return {
         "created": started.isoformat(timespec="seconds"),
@@ -248,6 +254,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "results" / "tmp")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--keep-checkpoints", action="store_true")
+    p.add_argument(
+        "--reanalyse",
+        type=Path,
+        metavar="RUNS_DIR",
+        help="rebuild the results from the raw.json files of an earlier (or interrupted) bench, "
+        "benchmarks/results/tmp/runs/<stamp>, without training; pass the flags that run used",
+    )
     args = p.parse_args(argv)
     for name in ("reps", "epochs", "iters", "save_every"):
         if getattr(args, name) < 1:
@@ -257,8 +270,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def load_raws(runs: Path, trainers: list[str]) -> list[dict]:
+    """Every ``rep<N>/<trainer>/raw.json`` under ``runs`` for the given trainers, in bench order;
+    only repetitions complete for every trainer (an interrupted bench's last one is partial)."""
+    found: dict[int, dict[str, dict]] = {}
+    for path in sorted(runs.glob("rep*/*/raw.json")):
+        rep, trainer = int(path.parent.parent.name[3:]), path.parent.name
+        if trainer in trainers:
+            try:
+                raw = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise PGPSError(f"{path}: not valid JSON ({exc})") from None
+            found.setdefault(rep, {})[trainer] = {**raw, "rep": rep}
+    raws = [by[t] for rep, by in sorted(found.items()) if set(trainers) <= set(by) for t in trainers]
+    if not raws:
+        raise PGPSError(f"{runs}: no repetition with a raw.json for every one of {', '.join(trainers)}")
+    return raws
+
+
+def reanalyse(args: argparse.Namespace) -> int:
+    raws = load_raws(args.reanalyse, args.trainers)
+    info = machine_info(args.device)
+    stamp = dt.datetime.strptime(args.reanalyse.name, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    dataset = raws[0].get("dataset") or f"Dataset{TASK_IDS[args.variant]} ({args.variant})"
+    result = build_result(raws, args.trainers[0], stamp, info, args, dataset, float("nan"))
+    result["config"]["reanalysed_from"] = str(args.reanalyse)
+    stem = f"{machine_slug(info)}-{stamp.strftime('%Y-%m-%d')}"
+    json_path, png = args.out / f"{stem}.json", args.out / f"{stem}.png"
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write(json_path, json.dumps(result, indent=1) + "\n")
+    plot(result, png)
+    atomic_write(json_path.with_suffix(".md"), report_text(result))
+    print(report_text(result))
+    print(f"bench: re-analysed {len(raws)} runs from {args.reanalyse} into {json_path} and {png}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.reanalyse is not None:
+        return reanalyse(args)
     t_start = time.perf_counter()
     started = dt.datetime.now(dt.UTC)
     info = machine_info(args.device)

@@ -136,6 +136,45 @@ def time_by_phase(raw: dict) -> dict:
     }
 
 
+# nnU-Net's protocol, for the projection below
+PROTOCOL_EPOCHS, PROTOCOL_ITERS, PROTOCOL_VAL_ITERS = 1000, 250, 50
+
+
+def projected_seconds(raw: dict, val_iters: int, epochs: int = PROTOCOL_EPOCHS) -> float | None:
+    """This run's steady costs put onto nnU-Net's protocol (1000 epochs x 250 iterations, 50
+    validation iterations): sum over the mode's stages at ``epochs`` of epochs_k x (250 x seconds
+    per iteration at stage k + validation + per-epoch bookkeeping), each measured in this run.
+    What the tiny benchmark over-weights (a stage's first steps, fixed per-epoch costs against 10
+    iterations) drops to its real share. None where a stage of the long schedule was not measured
+    (a stage the short run thinned away) or the mode draws a patch per iteration (rpss)."""
+    from pgps.schedule import build_schedule
+
+    schedule, stages = raw.get("schedule"), per_stage(raw["iterations"], raw["planned_patch"], raw["planned_batch"])
+    if not schedule or schedule.get("candidates") or val_iters <= 0:
+        return None
+    cost = {(st["batch_size"], tuple(st["patch_size"])): st["s_per_iter"] for st in stages}
+    n_epochs = len({it["epoch"] for it in raw["iterations"]})
+    phases = time_by_phase(raw)
+    val = phases["validation_s"] / n_epochs * PROTOCOL_VAL_ITERS / val_iters
+    fixed = (phases["epoch_end_s"] + phases["epoch_start_s"] + phases["other_s"]) / n_epochs
+    long = build_schedule(
+        schedule["planned_patch_size"],
+        schedule["poolings"],
+        epochs,
+        schedule["planned_batch_size"],
+        mode=schedule["mode"],
+        seed=schedule.get("seed", 0),
+        start_bottleneck=raw.get("start_bottleneck"),
+    )
+    total = 0.0
+    for st in long.stages:
+        c = cost.get((st.batch_size, tuple(st.patch_size)))
+        if c is None:
+            return None
+        total += st.num_epochs * (PROTOCOL_ITERS * c + val + fixed)
+    return total
+
+
 def summarize_run(raw: dict) -> dict:
     """The numbers of one training run (one trainer, one repetition)."""
     its = raw["iterations"]
@@ -184,6 +223,7 @@ PHASES = ("step_s", "wait_s", "validation_s", "epoch_end_s", "epoch_start_s", "o
 RATIO_FIELDS = {
     "wall": "training_s",
     "step": "step_s",
+    "projected": "projected_s",
     "loop": "train_loop_s",
     "cpu": "training_cpu_s",
     "process": "process_s",
@@ -211,7 +251,8 @@ def aggregate(runs: list[dict], baseline: str) -> dict:
             "peak_rss_training_mib": spread(r["peak_rss_training_mib"] for r in mine),
             "cuda_max_allocated_mib": spread(r["cuda_max_allocated_mib"] for r in mine),
         }
-        for field in ("training_s", "train_loop_s", "outside_loop_s", "training_cpu_s", "process_s", *PHASES):
+        totals = ("training_s", "train_loop_s", "outside_loop_s", "training_cpu_s", "process_s", "projected_s")
+        for field in (*totals, *PHASES):
             entry[field] = spread(r.get(field) for r in mine)
         entry["ratio"] = {}
         for label, field in RATIO_FIELDS.items():

@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> dict:
         "dice_foreground_mean": summary["foreground_mean"]["Dice"],
         "dice_per_class": {k: v["Dice"] for k, v in summary["mean"].items()},
         "schedule": record.get("schedule") if record else None,
+        "start_bottleneck": (record.get("config") or {}).get("start_bottleneck") if record else None,
         "fold_dir": str(fold_dir),
     }
 

@@ -3,6 +3,9 @@ on hand-made numbers; no training (the trainings run in `make bench`). ~1 s."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from benchmarks.instrument import _timed_class
@@ -10,11 +13,14 @@ from benchmarks.stats import (
     aggregate,
     check_targets,
     per_stage,
+    projected_seconds,
     spread,
     stage_switches,
     summarize_run,
     time_by_phase,
 )
+
+from pgps.errors import PGPSError
 
 
 def _it(epoch: int, shape: list[int], t: float, wait: float, step: float) -> dict:
@@ -200,3 +206,49 @@ def test_time_by_phase_splits_training_time() -> None:
     assert phases["epoch_start_s"] == pytest.approx(0.2 + 0.25)
     assert sum(phases.values()) == pytest.approx(raw["training_s"])
     assert summarize_run(raw)["validation_s"] == pytest.approx(1.45)
+
+
+PLAN_32 = {"planned_patch_size": [32, 32, 32], "planned_batch_size": 2, "poolings": [3, 3, 3]}
+
+
+def _with_phases(raw: dict) -> dict:
+    raw["hooks"] += [
+        {"hook": "on_validation_epoch_start", "epoch": 0, "t0": 5.3, "t1": 5.35},
+        {"hook": "on_validation_epoch_end", "epoch": 0, "t0": 6.0, "t1": 6.1},
+        {"hook": "on_validation_epoch_start", "epoch": 1, "t0": 16.95, "t1": 17.0},
+        {"hook": "on_validation_epoch_end", "epoch": 1, "t0": 17.5, "t1": 17.6},
+    ]
+    return raw
+
+
+def test_projection_puts_measured_costs_onto_nnunet_protocol() -> None:
+    raw = _with_phases(_two_stage_raw())
+    raw["schedule"] = {**PLAN_32, "mode": "constant"}
+    phases = time_by_phase(raw)
+    val = phases["validation_s"] / 2 * 50 / 2  # measured with 2 validation iterations per epoch
+    fixed = (phases["epoch_end_s"] + phases["epoch_start_s"] + phases["other_s"]) / 2
+    # one stage at 32^3: 2.1 s per iteration (median of 5.5, 2.1, 2.1), 4 epochs of 250 iterations
+    assert projected_seconds(raw, val_iters=2, epochs=4) == pytest.approx(4 * (250 * 2.1 + val + fixed))
+
+
+def test_projection_refuses_what_it_did_not_measure() -> None:
+    raw = _with_phases(_two_stage_raw())
+    raw["schedule"] = {**PLAN_32, "mode": "pgps"}
+    assert projected_seconds(raw, val_iters=2) is None  # 9 PGPS stages, only 2 shapes measured
+    raw["schedule"] = {**raw["schedule"], "mode": "rpss", "candidates": [[16, 16, 16], [32, 32, 32]]}
+    assert projected_seconds(raw, val_iters=2) is None  # a patch per iteration: no per-stage epochs
+
+
+def test_reanalyse_loads_complete_repetitions_only(tmp_path: Path) -> None:
+    from benchmarks.run_benchmark import load_raws
+
+    for rep, trainer in [(0, "A"), (0, "B"), (1, "A")]:  # repetition 1 was interrupted before B
+        (tmp_path / f"rep{rep}" / trainer).mkdir(parents=True)
+        (tmp_path / f"rep{rep}" / trainer / "raw.json").write_text(json.dumps({"trainer": trainer}))
+    raws = load_raws(tmp_path, ["A", "B"])
+    assert [(r["rep"], r["trainer"]) for r in raws] == [(0, "A"), (0, "B")]
+    with pytest.raises(PGPSError, match="no repetition with a raw.json for every one of A, C"):
+        load_raws(tmp_path, ["A", "C"])
+    (tmp_path / "rep0" / "B" / "raw.json").write_text("{truncated")
+    with pytest.raises(PGPSError, match=r"rep0/B/raw.json: not valid JSON"):
+        load_raws(tmp_path, ["A", "B"])
