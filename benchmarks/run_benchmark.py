@@ -229,8 +229,9 @@ def report_text(result: dict) -> str:
 
 
 def targets_text(result: dict) -> str:
+    verdict = {None: "not judged", True: "met", False: "MISSED"}
     return "\n".join(
-        f"- target {name}: {fmt(t['value'], 4)} vs limit {fmt(t['limit'], 4)} -> {'met' if t['met'] else 'MISSED'}"
+        f"- target {name}: {fmt(t['value'], 4)} vs limit {fmt(t['limit'], 4)} -> {verdict[t['met']]}"
         for name, t in result["targets"].items()
     )
 

@@ -159,6 +159,11 @@ def test_targets_met_and_missed() -> None:
     assert t["wall_ratio"]["met"] is False  # 0.44 > 0.38 + 0.05
     assert t["dice"]["met"] is True  # 0.795 >= 0.80 - 0.01
     assert t["switch_fraction"]["met"] is True  # 0.1 s of 44 s
+    assert t["wall_ratio_projected"]["met"] is None  # no projection in these runs: not judged
+    runs[0]["projected_s"], runs[1]["projected_s"] = 1000.0, 410.0
+    t = check_targets(aggregate(runs, "base"), "base", "pgps")
+    assert t["wall_ratio_projected"]["value"] == pytest.approx(0.41) and t["wall_ratio_projected"]["met"] is True
+    assert t["switch_fraction_projected"]["value"] == pytest.approx(0.1 / 410.0)
     runs[1]["dice"] = 0.78
     assert check_targets(aggregate(runs, "base"), "base", "pgps")["dice"]["met"] is False
 
