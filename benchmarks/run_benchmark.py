@@ -27,7 +27,14 @@ if str(REPO) not in sys.path:  # run as a script: make `benchmarks.*` importable
 
 from benchmarks.plot import plot, short  # noqa: E402
 from benchmarks.prepare import TASK_IDS, nnunet_dirs, prepare  # noqa: E402
-from benchmarks.stats import PHASES, aggregate, check_targets, projected_seconds, summarize_run  # noqa: E402
+from benchmarks.stats import (  # noqa: E402
+    PHASES,
+    aggregate,
+    check_targets,
+    projected_seconds,
+    projected_validation_seconds,
+    summarize_run,
+)
 from pgps.errors import PGPSError  # noqa: E402
 from pgps.report.environment import cpu_model  # noqa: E402
 
@@ -194,7 +201,13 @@ def build_result(
 ) -> dict:
     """The results file: config, machine, targets, per-trainer aggregates and every run's numbers."""
     summaries = [
-        {**summarize_run(r), "rep": r["rep"], "projected_s": projected_seconds(r, args.val_iters)} for r in raws
+        {
+            **summarize_run(r),
+            "rep": r["rep"],
+            "projected_s": projected_seconds(r, args.val_iters),
+            "projected_validation_s": projected_validation_seconds(r, args.val_iters),
+        }
+        for r in raws
     ]
     agg = aggregate(summaries, baseline)
     return {

@@ -14,6 +14,7 @@ from benchmarks.stats import (
     check_targets,
     per_stage,
     projected_seconds,
+    projected_validation_seconds,
     spread,
     stage_switches,
     summarize_run,
@@ -164,6 +165,11 @@ def test_targets_met_and_missed() -> None:
     t = check_targets(aggregate(runs, "base"), "base", "pgps")
     assert t["wall_ratio_projected"]["value"] == pytest.approx(0.41) and t["wall_ratio_projected"]["met"] is True
     assert t["switch_fraction_projected"]["value"] == pytest.approx(0.1 / 410.0)
+    assert t["wall_ratio_projected_vs_validation_adjusted_limit"]["met"] is None  # validation share unknown
+    runs[0]["projected_validation_s"] = 100.0  # a tenth of the baseline is validation at the full patch
+    t = check_targets(aggregate(runs, "base"), "base", "pgps")
+    adjusted = t["wall_ratio_projected_vs_validation_adjusted_limit"]
+    assert adjusted["limit"] == pytest.approx(0.38 * 0.9 + 0.1 + 0.05) and adjusted["met"] is True
     runs[1]["dice"] = 0.78
     assert check_targets(aggregate(runs, "base"), "base", "pgps")["dice"]["met"] is False
 
@@ -234,6 +240,7 @@ def test_projection_puts_measured_costs_onto_nnunet_protocol() -> None:
     fixed = (phases["epoch_end_s"] + phases["epoch_start_s"] + phases["other_s"]) / 2
     # one stage at 32^3: 2.1 s per iteration (median of 5.5, 2.1, 2.1), 4 epochs of 250 iterations
     assert projected_seconds(raw, val_iters=2, epochs=4) == pytest.approx(4 * (250 * 2.1 + val + fixed))
+    assert projected_validation_seconds(raw, val_iters=2, epochs=4) == pytest.approx(4 * val)
 
 
 def test_projection_refuses_what_it_did_not_measure() -> None:
