@@ -197,7 +197,7 @@ def build_result(
     info: dict,
     args: argparse.Namespace,
     dataset: str,
-    wall_s: float,
+    wall_s: float | None,
 ) -> dict:
     """The results file: config, machine, targets, per-trainer aggregates and every run's numbers."""
     summaries = [
@@ -307,7 +307,7 @@ def reanalyse(args: argparse.Namespace) -> int:
     info = machine_info(args.device)
     stamp = dt.datetime.strptime(args.reanalyse.name, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
     dataset = raws[0].get("dataset") or f"Dataset{TASK_IDS[args.variant]} ({args.variant})"
-    result = build_result(raws, args.trainers[0], stamp, info, args, dataset, float("nan"))
+    result = build_result(raws, args.trainers[0], stamp, info, args, dataset, None)
     result["config"]["reanalysed_from"] = str(args.reanalyse)
     stem = f"{machine_slug(info)}-{stamp.strftime('%Y-%m-%d')}"
     json_path, png = args.out / f"{stem}.json", args.out / f"{stem}.png"
