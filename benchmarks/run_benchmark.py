@@ -41,6 +41,7 @@ from pgps.report.environment import cpu_model  # noqa: E402
 BASELINE = "nnUNetTrainerConstant"
 PGPS = "nnUNetTrainerPGPS"
 DEFAULT_TRAINERS = [BASELINE, PGPS, "nnUNetTrainerPGPSPlus", "nnUNetTrainerRPSS"]
+NNUNET_SETTINGS = ("nnUNet_compile", "nnUNet_n_proc_DA", "nnUNet_def_n_proc")
 
 
 def machine_info(device: str) -> dict:
@@ -58,7 +59,7 @@ def machine_info(device: str) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "nnunetv2": version("nnunetv2"),
-        "torch_compile": os.environ.get("nnUNet_compile", "t (nnU-Net default)"),
+        "torch_compile": nnunet_cpu_defaults(device).get("nnUNet_compile", "t (nnU-Net default)"),
         "load_average_at_start": os.getloadavg(),
     }
 
@@ -89,11 +90,17 @@ def train_env(work: Path, run_root: Path, args: argparse.Namespace) -> dict[str,
             "PYTHONUNBUFFERED": "1",
         }
     )
-    if args.device == "cpu":
-        env.setdefault("nnUNet_compile", "f")
-        env.setdefault("nnUNet_n_proc_DA", "0")
-        env.setdefault("nnUNet_def_n_proc", "2")
+    env.update(nnunet_cpu_defaults(args.device))
     return env
+
+
+def nnunet_cpu_defaults(device: str) -> dict[str, str]:
+    """nnU-Net settings the workers run with: on CPU compile off, synchronous loading, 2 processes,
+    unless the caller's environment says otherwise (what the results file reports, too)."""
+    if device != "cpu":
+        return {k: os.environ[k] for k in NNUNET_SETTINGS if k in os.environ}
+    defaults = {"nnUNet_compile": "f", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "2"}
+    return {k: os.environ.get(k, v) for k, v in defaults.items()}
 
 
 def run_one(trainer: str, rep: int, dataset: str, work: Path, runs: Path, args: argparse.Namespace) -> dict:
@@ -227,7 +234,7 @@ def build_result(
             "val_iters": args.val_iters,
             "save_every": args.save_every,
             "device": args.device,
-            "env": {k: os.environ.get(k) for k in ("nnUNet_compile", "nnUNet_n_proc_DA", "nnUNet_def_n_proc")},
+            "env": nnunet_cpu_defaults(args.device),
             "command": "make bench  # = .venv/bin/python benchmarks/run_benchmark.py " + " ".join(sys.argv[1:]),
         },
         "targets": check_targets(agg, baseline, PGPS),
