@@ -101,7 +101,7 @@ def plot(result: dict, out: Path) -> Path:
         color="red",
         label="stage switches (rebuild + first-batch/step extra)",
     )
-    ax.set_xticks(list(xs), [short(n) for n in names])
+    ax.set_xticks(list(xs), [short(n) for n in names], rotation=25, ha="right")
     ax.set_ylim(0, 1.35 * max((a + b + c for a, b, c in zip(loop, outside, switch)), default=1.0))
     ax.set_ylabel("seconds of training wall time (median)")
     ax.legend(fontsize=7)
