@@ -1,7 +1,7 @@
 """Seconds per training step at every PGPS stage shape, in ONE process, on synthetic batches of
 the loader's shapes (deep-supervision targets included): separates what the network costs per
 shape from loading and from the epoch loop, and measures each shape's first-call warm-up (on CUDA
-with torch.compile: the recompile). Also splits the step into forward+loss, backward, optimizer.
+with torch.compile: the recompile). Also splits the step into forward+loss, backward, clip+optimizer.
 
     .venv/bin/python -m benchmarks.stage_speed [--patch 128 128 128] [--device cuda] [--steps 5]
 """
@@ -40,19 +40,61 @@ def time_shapes(trainer: object, shapes: list[tuple[tuple[int, ...], int]], step
             trainer.train_step(data)
             _sync(trainer.device)
             times.append(time.perf_counter() - t0)
+        parts = [split_step(trainer, data) for _ in range(steps)]
+        split = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
         rows.append(
             {
                 "patch_size": list(patch),
                 "batch_size": batch,
                 "first_s": times[0],
                 "step_s": statistics.median(times[1:]),
+                **split,
             }
         )
         print(
-            f"{'x'.join(map(str, patch)):>12} b{batch:<3} first {times[0]:7.3f} s  steady {rows[-1]['step_s']:7.3f} s",
+            f"{'x'.join(map(str, patch)):>12} b{batch:<3} first {times[0]:7.3f} s  steady {rows[-1]['step_s']:7.3f} s"
+            f"  (forward+loss {split['forward_loss_s']:.3f}, backward {split['backward_s']:.3f}, "
+            f"clip+optimizer {split['clip_optimizer_s']:.3f})",
             flush=True,
         )
     return rows
+
+
+def split_step(trainer: object, data: dict) -> dict:
+    """nnU-Net 2.8's ``train_step``, timed in three parts: which part is a fixed cost per step
+    (the same at every patch size) and which scales with the voxels."""
+    import torch
+    from nnunetv2.utilities.helpers import dummy_context
+
+    device = trainer.device
+    x = data["data"].to(device)
+    y = [t.to(device) for t in data["target"]] if isinstance(data["target"], list) else data["target"].to(device)
+    amp = torch.autocast(device.type, enabled=True) if device.type == "cuda" else dummy_context()
+    marks = [time.perf_counter()]
+    trainer.optimizer.zero_grad(set_to_none=True)
+    with amp:
+        loss = trainer.loss(trainer.network(x), y)
+    _sync(device)
+    marks.append(time.perf_counter())
+    scaler = trainer.grad_scaler
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    _sync(device)
+    marks.append(time.perf_counter())
+    if scaler is not None:
+        scaler.unscale_(trainer.optimizer)
+    torch.nn.utils.clip_grad_norm_(trainer.network.parameters(), 12)
+    if scaler is not None:
+        scaler.step(trainer.optimizer)
+        scaler.update()
+    else:
+        trainer.optimizer.step()
+    _sync(device)
+    marks.append(time.perf_counter())
+    return {
+        "forward_loss_s": marks[1] - marks[0],
+        "backward_s": marks[2] - marks[1],
+        "clip_optimizer_s": marks[3] - marks[2],
+    }
 
 
 def main() -> int:
