@@ -4,7 +4,7 @@ nnU-Net redraws a 3000x5400 px figure after every epoch, synchronously: ~0.6 s o
 fixed cost per epoch that does not shrink with the patch, so PGPS's short early epochs pay it at a
 much larger share than constant-patch epochs do. Drawing it in a background thread was measured
 and rejected: the thread holds the GIL through matplotlib and slowed every training step (32^3
-steps 0.50 -> 0.61 s on 2 CPU cores). Instead the plot is throttled: after a draw that took ``d``
+steps inside training 0.56 -> 0.61 s on 2 CPU cores). Instead the plot is throttled: after a draw that took ``d``
 seconds, the next one waits until ``d / MAX_SHARE`` seconds have passed, so drawing takes at most
 ``MAX_SHARE`` of the wall time; the newest state is always drawn at the end of training. The PNG is
 written to a temp file and renamed: never a torn image.
