@@ -18,6 +18,7 @@ class StageEnergy:
 
     def start(self) -> None:
         from codecarbon import OfflineEmissionsTracker
+        from codecarbon.output_methods.base_output import OutputMethod
 
         self.fold_dir.mkdir(parents=True, exist_ok=True)
         self.tracker = OfflineEmissionsTracker(
@@ -26,7 +27,7 @@ class StageEnergy:
             output_file="emissions.csv",
             project_name=self.project,
             log_level=logging.ERROR,
-            save_to_file=True,
+            output_methods=[OutputMethod.CSV],  # codecarbon 3.3: save_to_file=True is deprecated
         )
         self.tracker.start()
 
