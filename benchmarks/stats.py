@@ -140,13 +140,23 @@ def time_by_phase(raw: dict) -> dict:
 PROTOCOL_EPOCHS, PROTOCOL_ITERS, PROTOCOL_VAL_ITERS = 1000, 250, 50
 
 
-def projected_validation_seconds(raw: dict, val_iters: int, epochs: int = PROTOCOL_EPOCHS) -> float | None:
-    """The validation part of ``projected_seconds``: 50 full-patch iterations every epoch, the same
-    for every trainer, so it does not shrink with the curriculum's voxel fraction."""
+def _protocol_epoch_costs(raw: dict, val_iters: int) -> tuple[float, float] | None:
+    """Per epoch of this run, put onto nnU-Net's protocol: (validation at 50 full-patch
+    iterations, the per-epoch bookkeeping outside steps, waits and validation)."""
     n_epochs = len({it["epoch"] for it in raw["iterations"]})
     if val_iters <= 0 or n_epochs == 0:
         return None
-    return epochs * time_by_phase(raw)["validation_s"] / n_epochs * PROTOCOL_VAL_ITERS / val_iters
+    phases = time_by_phase(raw)
+    val = phases["validation_s"] / n_epochs * PROTOCOL_VAL_ITERS / val_iters
+    fixed = (phases["epoch_end_s"] + phases["epoch_start_s"] + phases["other_s"]) / n_epochs
+    return val, fixed
+
+
+def projected_validation_seconds(raw: dict, val_iters: int, epochs: int = PROTOCOL_EPOCHS) -> float | None:
+    """The validation part of ``projected_seconds``: 50 full-patch iterations every epoch, the same
+    for every trainer, so it does not shrink with the curriculum's voxel fraction."""
+    per_epoch = _protocol_epoch_costs(raw, val_iters)
+    return None if per_epoch is None else epochs * per_epoch[0]
 
 
 def projected_seconds(raw: dict, val_iters: int, epochs: int = PROTOCOL_EPOCHS) -> float | None:
@@ -158,14 +168,12 @@ def projected_seconds(raw: dict, val_iters: int, epochs: int = PROTOCOL_EPOCHS) 
     (a stage the short run thinned away) or the mode draws a patch per iteration (rpss)."""
     from pgps.schedule import build_schedule
 
-    schedule, stages = raw.get("schedule"), per_stage(raw["iterations"], raw["planned_patch"], raw["planned_batch"])
-    if not schedule or schedule.get("candidates") or val_iters <= 0:
+    schedule, per_epoch = raw.get("schedule"), _protocol_epoch_costs(raw, val_iters)
+    if not schedule or schedule.get("candidates") or per_epoch is None:
         return None
+    val, fixed = per_epoch
+    stages = per_stage(raw["iterations"], raw["planned_patch"], raw["planned_batch"])
     cost = {(st["batch_size"], tuple(st["patch_size"])): st["s_per_iter"] for st in stages}
-    n_epochs = len({it["epoch"] for it in raw["iterations"]})
-    phases = time_by_phase(raw)
-    val = phases["validation_s"] / n_epochs * PROTOCOL_VAL_ITERS / val_iters
-    fixed = (phases["epoch_end_s"] + phases["epoch_start_s"] + phases["other_s"]) / n_epochs
     long = build_schedule(
         schedule["planned_patch_size"],
         schedule["poolings"],

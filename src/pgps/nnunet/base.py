@@ -186,9 +186,10 @@ class PGPSTrainerBase(nnUNetTrainer):
         if self.local_rank == 0:
             for stale in Path(self.output_folder).glob(".*.tmp"):  # temp files of writes a kill interrupted
                 stale.unlink()
-            atomic_write_json(f"{self.output_folder}/{CONFIG_NAME}", self.pgps_config())
+            config = self.pgps_config()
+            atomic_write_json(f"{self.output_folder}/{CONFIG_NAME}", config)
             self._pgps_record = RunRecord(
-                self.output_folder, self.__class__.__name__, self.pgps_config(), self.pgps_schedule.to_dict()
+                self.output_folder, self.__class__.__name__, config, self.pgps_schedule.to_dict()
             )
             if self.pgps_time_plan is not None:
                 self._pgps_record.data["time_budget"] = dict(self.pgps_time_plan)
@@ -200,7 +201,7 @@ class PGPSTrainerBase(nnUNetTrainer):
                     f"{self.__class__.__name__}_{self.plans_manager.dataset_name}",
                 )
                 self._pgps_energy.start()
-        if self.local_rank == 0:  # nnU-Net's per-epoch progress.png, at most 2 % of the wall time
+            # nnU-Net's per-epoch progress.png, at most 2 % of the wall time
             self._pgps_plot = ThrottledProgressPlot()
             self.logger.plot_progress_png = lambda folder: self._pgps_plot.request(self.logger.local_logger, folder)
         self._pgps_tally.attach(self.network)

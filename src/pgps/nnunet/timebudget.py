@@ -189,11 +189,15 @@ def _plot_seconds(trainer: Any) -> float:
 def epoch_seconds(costs: dict, knobs: Any) -> list[float]:
     """Predicted seconds of one epoch at each stage of the full curriculum."""
     val = knobs.val_iters * (costs["val_step_seconds"] + costs["val_load_seconds"])
-    # checkpoint_latest every save_every epochs, and checkpoint_best whenever the EMA Dice improves
-    ckpt = costs["checkpoint_seconds"] * (1 / knobs.save_every + 1)
+    ckpt = _checkpoint_seconds_per_epoch(costs, knobs)
     steps = zip(costs["train_step_seconds"], costs["train_load_seconds"])
     rest = [knobs.iters_per_epoch * (s + ld) + val + ckpt for s, ld in steps]
     return [r + plot_seconds_per_epoch(costs["plot_seconds"], r) for r in rest]
+
+
+def _checkpoint_seconds_per_epoch(costs: dict, knobs: Any) -> float:
+    """checkpoint_latest every save_every epochs, and checkpoint_best whenever the EMA Dice improves."""
+    return costs["checkpoint_seconds"] * (1 / knobs.save_every + 1)
 
 
 def plot_seconds_per_epoch(draw_seconds: float, rest_of_epoch: float) -> float:
@@ -269,10 +273,13 @@ def actual_stage_seconds(epochs: list[dict], num_stages: int, resumed_at: set[in
     """Recorded training seconds per stage of the budgeted schedule, for plan-vs-actual (spans as
     in ``pgps.budget.epoch_spans``: between-epoch work counted, time dead after a kill not)."""
     out = [0.0] * num_stages
-    spans = epoch_spans([e["epoch_start"] for e in epochs], [e["epoch_end"] for e in epochs], resumed_at or set())
-    for e, span in zip(epochs, spans):
+    for e, span in zip(epochs, _record_spans(epochs, resumed_at or set())):
         out[e["stage"]] += span
     return out
+
+
+def _record_spans(epochs: list[dict], resumed_at: set[int]) -> list[float]:
+    return epoch_spans([e["epoch_start"] for e in epochs], [e["epoch_end"] for e in epochs], resumed_at)
 
 
 def _replan_on_rank0(trainer: Any, epochs: list[dict], resumed_at: set[int]) -> dict | None:
@@ -283,9 +290,8 @@ def _replan_on_rank0(trainer: Any, epochs: list[dict], resumed_at: set[int]) -> 
         return None  # mid-stage before the full size: nothing to decide yet
     costs = plan["measured"]
     per_epoch, indices, stage_epochs = plan["epoch_seconds"], plan["stage_indices"], plan["stage_epochs"]
-    spans = epoch_spans([x["epoch_start"] for x in epochs], [x["epoch_end"] for x in epochs], resumed_at)
-    # the epoch being closed still writes its checkpoints and plot after this point
-    tail = costs["checkpoint_seconds"] * (1 / trainer.pgps_knobs.save_every + 1)
+    spans = _record_spans(epochs, resumed_at)
+    tail = _checkpoint_seconds_per_epoch(costs, trainer.pgps_knobs)  # the closing epoch still writes these
     spent = sum(spans) + tail
     remaining = plan["budget_seconds"] - spent
     if k < last:  # stage change ahead: re-plan every later stage with the cost the warm-up missed
@@ -310,7 +316,7 @@ def _replan_on_rank0(trainer: Any, epochs: list[dict], resumed_at: set[int]) -> 
         new_indices, new_epochs = list(indices), [*stage_epochs[:-1], e + 1 - start + left]
         basis = {"full_epoch_seconds": seconds}
     if k == last and new_epochs == stage_epochs:
-        return None  # in the full-size stage only changes are recorded; every stage change is
+        return None  # full-size stage: only changes are recorded (every stage-change decision is)
     return {
         "after_epoch": e,
         "spent_seconds": spent,
