@@ -1,9 +1,7 @@
 """Fast checks of the trainer layer's pure parts (no training): knobs, plan geometry, DDP
-split, atomic writes, the 1-voxel-safe instance norm. Runtime: ~2 s."""
+split, the 1-voxel-safe instance norm. Runtime: ~2 s."""
 
 from __future__ import annotations
-
-import os
 
 import pytest
 import torch
@@ -12,7 +10,6 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pgps.errors import PGPSError
-from pgps.nnunet.atomic import atomic_write, atomic_write_json
 from pgps.nnunet.geometry import poolings_from_strides, rank_batch_sizes, rank_oversample
 from pgps.nnunet.knobs import read_knobs
 from pgps.nnunet.norm import make_instance_norm_one_voxel_safe
@@ -89,22 +86,6 @@ def test_rank_oversample_reproduces_global_share(batch: int, world: int, share: 
     forced = sum(rank_oversample(batch, world, r, share) * sizes[r] for r in range(world))
     expected = batch - round(batch * (1 - share))
     assert abs(forced - expected) <= world  # nnU-Net rounds each rank's share to 0/1 at the edges
-
-
-def test_atomic_write_keeps_old_file_on_failure(tmp_path) -> None:
-    target = tmp_path / "f.json"
-    atomic_write_json(target, {"a": 1})
-
-    def boom(tmp: str) -> None:
-        with open(tmp, "w") as fh:
-            fh.write("{half")
-        raise RuntimeError("killed mid-write")
-
-    with pytest.raises(RuntimeError):
-        atomic_write(target, boom)
-    assert target.read_text() == '{\n "a": 1\n}\n'
-    assert os.listdir(tmp_path) == ["f.json"]  # no temp file left behind
-    assert oct(target.stat().st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
 
 
 def test_stock_instance_norm_fails_on_one_voxel_safe_twin_does_not() -> None:

@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from pgps import fileio
 from pgps.errors import PGPSError
-from pgps.nnunet.atomic import atomic_write, atomic_write_json
 from pgps.nnunet.compiling import configure_static_recompiles
 from pgps.nnunet.dryrun import dry_run, unwrap
 from pgps.nnunet.energy import StageEnergy
@@ -184,10 +184,12 @@ class PGPSTrainerBase(nnUNetTrainer):
                 f"{p['stage_indices']}, predicted {p['predicted_seconds']:.1f} s (warm-up {p['warmup_seconds']:.1f} s)"
             )
         if self.local_rank == 0:
-            for stale in Path(self.output_folder).glob(".*.tmp"):  # temp files of writes a kill interrupted
+            for stale in Path(self.output_folder).glob(
+                f".*{fileio.PARTIAL}"
+            ):  # temp files of writes a kill interrupted
                 stale.unlink()
             config = self.pgps_config()
-            atomic_write_json(f"{self.output_folder}/{CONFIG_NAME}", config)
+            fileio.write_json(f"{self.output_folder}/{CONFIG_NAME}", config)
             self._pgps_record = RunRecord(
                 self.output_folder, self.__class__.__name__, config, self.pgps_schedule.to_dict()
             )
@@ -274,7 +276,7 @@ class PGPSTrainerBase(nnUNetTrainer):
         if change is not None:
             rec.data["time_budget"] = dict(self.pgps_time_plan)
             rec.data["schedule"] = self.pgps_schedule.to_dict()
-            atomic_write_json(f"{self.output_folder}/{CONFIG_NAME}", self.pgps_config())
+            fileio.write_json(f"{self.output_folder}/{CONFIG_NAME}", self.pgps_config())
             self.print_to_log_file(
                 f"PGPS re-plan after epoch {change['after_epoch']} ({change['spent_seconds']:.1f} s "
                 f"spent): epochs {change['stage_epochs']} at stages {change['stage_indices']}"
@@ -361,7 +363,7 @@ class PGPSTrainerBase(nnUNetTrainer):
                 "time_plan": self.pgps_time_plan,
             },
         }
-        atomic_write(filename, lambda tmp: torch.save(checkpoint, tmp))
+        fileio.write_with(filename, lambda tmp: torch.save(checkpoint, tmp))
 
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
         """Refuse to resume a checkpoint whose curriculum differs from the current settings'."""

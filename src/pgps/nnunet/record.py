@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pgps import fileio
 from pgps.errors import PGPSError
-from pgps.nnunet.atomic import atomic_write_json
 
 RECORD_NAME = "pgps_record.json"
 
@@ -64,7 +64,7 @@ class RunRecord:
         self.save()
 
     def save(self) -> None:
-        atomic_write_json(self.path, self.data)
+        fileio.write_json(self.path, self.data)
 
 
 class ShapeTally:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pgps import fileio
 from pgps.errors import PGPSError
 from pgps.params import PARAMS_FILE, load_params
-from pgps.pipeline import atomic, nnunet_cli
+from pgps.pipeline import nnunet_cli
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,8 +38,8 @@ def convert(raw: Path, out: Path, num_processes: int, env: dict[str, str]) -> Pa
         raise PGPSError(f"{raw / 'dataset.json'}: not found (run `pgps acquire` first)")
     if raw.name.count("_") != 1 or not raw.name.startswith("Task"):
         raise PGPSError(f"{raw}: nnU-Net's MSD converter needs a folder named TaskNN_Name with exactly one '_'")
-    atomic.clean_partials(Path(out).parent, Path(out).name)
-    with atomic.atomic_dir(Path(out)) as tmp:
+    fileio.clean_partials(Path(out).parent, Path(out).name)
+    with fileio.atomic_dir(Path(out)) as tmp:
         env = dict(env, nnUNet_raw=str(tmp.resolve()))
         cmd = [nnunet_cli.script("nnUNetv2_convert_MSD_dataset"), "-i", str(raw.resolve()), "-np", str(num_processes)]
         nnunet_cli.run(cmd, env, f"{raw}: conversion")

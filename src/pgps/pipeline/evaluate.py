@@ -16,9 +16,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pgps import fileio
 from pgps.errors import PGPSError
 from pgps.params import PARAMS_FILE, Params, load_params
-from pgps.pipeline import atomic, nnunet_cli
+from pgps.pipeline import nnunet_cli
 from pgps.pipeline.convert import dataset_dir
 from pgps.pipeline.plan import dataset_id
 from pgps.pipeline.train import fold_dir
@@ -244,11 +245,11 @@ def evaluate(
         "energy": energy(folder),
         "curve": points,
     }
-    atomic.clean_partials(out.parent, out.name)
-    with atomic.atomic_dir(out) as tmp:
+    fileio.clean_partials(out.parent, out.name)
+    with fileio.atomic_dir(out) as tmp:
         if params.predict_test:
             metrics["test"] = predict_test(params, run_root, spec.trainer_class, fold, raw_root, test_labels, tmp)
-        atomic.write_json(tmp / METRICS_NAME, metrics)
+        fileio.write_json(tmp / METRICS_NAME, metrics, indent=2, sort_keys=True)
     return metrics
 
 

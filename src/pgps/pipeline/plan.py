@@ -10,9 +10,10 @@ import argparse
 import json
 from pathlib import Path
 
+from pgps import fileio
 from pgps.errors import PGPSError
 from pgps.params import PARAMS_FILE, load_params
-from pgps.pipeline import atomic, nnunet_cli
+from pgps.pipeline import nnunet_cli
 from pgps.pipeline.convert import dataset_dir
 
 
@@ -43,15 +44,15 @@ def write_split(dataset: Path, configuration: str) -> Path:
         raise PGPSError(f"{folder}: {len(identifiers)} training cases; nnU-Net's 5-fold split needs at least 5")
     splits = generate_crossval_split(list(np.sort(identifiers)), seed=12345, n_splits=5)  # as nnU-Net's do_split
     path = dataset / "splits_final.json"
-    atomic.write_json(path, splits)
+    fileio.write_json(path, splits, indent=2, sort_keys=True)
     return path
 
 
 def main(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     dataset = dataset_dir(args.raw_root)
-    atomic.clean_partials(Path(args.out).parent, Path(args.out).name)
-    with atomic.atomic_dir(Path(args.out)) as tmp:
+    fileio.clean_partials(Path(args.out).parent, Path(args.out).name)
+    with fileio.atomic_dir(Path(args.out)) as tmp:
         env = nnunet_cli.runtime_env(params, nnUNet_raw=args.raw_root, nnUNet_preprocessed=tmp)
         # the planner calls torch.set_num_threads(nnUNet_n_proc_DA): 0 (right for CPU training) crashes it
         env["nnUNet_n_proc_DA"] = str(max(1, params.num_processes))

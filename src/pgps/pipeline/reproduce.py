@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+from pgps import fileio
 from pgps.errors import PGPSError
 from pgps.params import PARAMS_FILE, load_params
-from pgps.pipeline import atomic
 
 PROFILES_DIR = Path("profiles")
 
@@ -44,7 +44,7 @@ def apply_profile(name: str, params_file: Path = PARAMS_FILE) -> bool:
     text = profile.read_text()
     if params_file.is_file() and params_file.read_text() == text:
         return False
-    atomic.write_text(params_file, text)
+    fileio.write_text(params_file, text)
     return True
 
 

@@ -18,9 +18,10 @@ import json
 import shutil
 from pathlib import Path
 
+from pgps import fileio
 from pgps.errors import PGPSError
 from pgps.params import PARAMS_FILE, Params, TrainerSpec, load_params
-from pgps.pipeline import atomic, nnunet_cli
+from pgps.pipeline import nnunet_cli
 from pgps.pipeline.convert import dataset_dir
 from pgps.pipeline.plan import dataset_id
 
@@ -112,7 +113,7 @@ def train(params: Params, name: str, fold: int, preprocessed: Path, out: Path) -
     for required in ("checkpoint_final.pth", "validation/summary.json"):
         if not (done / required).is_file():
             raise PGPSError(f"{done / required}: missing after training; the run is incomplete (kept for resume)")
-    atomic.replace_dir(partial, out)
+    fileio.replace_dir(partial, out)
     return fold_dir(out, spec.trainer_class, params.configuration, fold)
 
 

@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pgps import fileio
 from pgps.errors import PGPSError
 from pgps.params import PARAMS_FILE, Params, load_params
-from pgps.pipeline import atomic
 from pgps.pipeline.evaluate import METRICS_NAME
 from pgps.report.aggregate import aggregate
 from pgps.report.environment import environment
@@ -57,12 +57,14 @@ def build(params: Params, runs_dir: Path, out: Path) -> dict[str, Any]:
         "tasks": aggregate(runs, params.baseline, params.alpha),
     }
     env = environment([f for by_run in runs.values() for folds in by_run.values() for f in folds])
-    atomic.clean_partials(out, "plots")
-    with atomic.atomic_dir(out / "plots") as tmp:
+    fileio.clean_partials(out, "plots")
+    with fileio.atomic_dir(out / "plots") as tmp:
         pngs = render_pngs(runs, metrics, params.baseline, tmp)
     write_plot_data(runs, metrics, out / "plot_data")
-    atomic.write_text(out / "report.md", report_markdown(metrics, env, params.baseline, params.alpha, pngs))
-    atomic.write_json(out / "metrics.json", metrics)  # last: its presence means the report is complete
+    fileio.write_text(out / "report.md", report_markdown(metrics, env, params.baseline, params.alpha, pngs))
+    fileio.write_json(
+        out / "metrics.json", metrics, indent=2, sort_keys=True
+    )  # last: its presence means the report is complete
     return metrics
 
 

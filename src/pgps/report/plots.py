@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pgps.pipeline import atomic
+from pgps import fileio
 
 PNGS = ("learning_curves.png", "curriculum.png", "runtime_co2.png")
 
@@ -39,7 +39,7 @@ def _colors(names: list[str], baseline: str) -> dict[str, Any]:
 
 
 def _save(fig: Any, path: Path) -> None:
-    with atomic.atomic_file(path) as tmp:
+    with fileio.atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
 
 
@@ -170,11 +170,11 @@ def write_plot_data(runs: dict[str, dict[str, list[dict[str, Any]]]], metrics: d
         for f in folds
         for p in f["curve"]
     ]
-    atomic.write_text(out / "learning_curves.csv", _csv(curve_rows, curve_cols))
+    fileio.write_text(out / "learning_curves.csv", _csv(curve_rows, curve_cols))
     bar_cols = ["task", "run", "train_time_s", "energy_kwh", "co2_kg", "dice_mean"]
     bar_rows = [
         {"task": task, "run": name, **{c: r[c] for c in bar_cols[2:]}}
         for task, rows in metrics["tasks"].items()
         for name, r in rows.items()
     ]
-    atomic.write_text(out / "runtime_co2.csv", _csv(bar_rows, bar_cols))
+    fileio.write_text(out / "runtime_co2.csv", _csv(bar_rows, bar_cols))
