@@ -20,6 +20,8 @@ DEFAULTS: dict[str, str] = {
     "PGPS_SAVE_EVERY": "1",
     "PGPS_TIME_BUDGET": "off",
     "PGPS_MIN_FULL_SHARE": "0.25",
+    "PGPS_AUGMENTATION": "stage",
+    "PGPS_CUDA_GRAPHS": "off",
 }
 _BUDGET = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([hmsx])")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
@@ -36,6 +38,8 @@ class Knobs:
     save_every: int  # checkpoint_latest every N epochs (1: a crash loses at most one epoch)
     time_budget: str = "off"  # off | "<seconds>s" | "<fraction>x" (normalised; see parse_time_budget)
     min_full_share: float = 0.25  # budgeted runs: least share of the epochs at the full patch
+    augmentation: str = "stage"  # stage: nnU-Net derives it from each stage's patch | planned: the plan's regime
+    cuda_graphs: str = "off"  # on: capture one CUDA graph per stage shape (CUDA only; CPU falls back to eager)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,6 +98,15 @@ def read_knobs(env: Mapping[str, str] | None = None) -> Knobs:
     dry = env.get("PGPS_DRY_RUN", DEFAULTS["PGPS_DRY_RUN"]).strip().lower()
     if dry not in ("on", "off", "auto"):
         raise PGPSError(f"PGPS_DRY_RUN={dry!r}: use on, off or auto (auto = on for CUDA devices)")
+    augmentation = env.get("PGPS_AUGMENTATION", DEFAULTS["PGPS_AUGMENTATION"]).strip().lower()
+    if augmentation not in ("stage", "planned"):
+        raise PGPSError(
+            f"PGPS_AUGMENTATION={augmentation!r}: use stage (nnU-Net's augmentation for each stage's patch, as the "
+            "official code) or planned (the planned patch's augmentation at every stage; only the crop changes)"
+        )
+    graphs = env.get("PGPS_CUDA_GRAPHS", DEFAULTS["PGPS_CUDA_GRAPHS"]).strip().lower()
+    if graphs not in ("on", "off"):
+        raise PGPSError(f"PGPS_CUDA_GRAPHS={graphs!r}: use on or off")
     return Knobs(
         num_epochs=_int(env, "PGPS_NUM_EPOCHS", 1, "the number of epochs"),
         iters_per_epoch=_int(env, "PGPS_ITERS_PER_EPOCH", 1, "training iterations per epoch"),
@@ -104,4 +117,6 @@ def read_knobs(env: Mapping[str, str] | None = None) -> Knobs:
         save_every=_int(env, "PGPS_SAVE_EVERY", 1, "the checkpoint interval in epochs"),
         time_budget=parse_time_budget(env.get("PGPS_TIME_BUDGET", DEFAULTS["PGPS_TIME_BUDGET"])),
         min_full_share=_share(env),
+        augmentation=augmentation,
+        cuda_graphs=graphs,
     )
