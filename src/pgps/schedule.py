@@ -11,18 +11,25 @@ Modes
                  ``(2*s0, s1, s2)`` (a 2x1x1 bottleneck), grow ONE axis per stage by ``s_d =
                  2**p_d`` in the round-robin order 1 -> 2 -> 0 (2D: 1 -> 0), clamp to the plan,
                  ``epochs // n`` epochs per stage, the last stage takes the remainder.
-``pgps+``        the same patches; the batch grows as the patch shrinks,
-                 ``bs_k = floor(bs * |P| / |P_k|)``: voxels per batch never exceed the baseline's
-                 and the final stage runs at the plan's batch size.
+``pgps+``        MICCAI PGPS+ (official ``nnUNetTrainer_PGPSplus.plan_batch_size``): the same
+                 patches, the batch walked back from the last stage with a COMPOUNDING
+                 truncation, ``bs_last = b`` (plan batch), ``bs_k = floor(|P_{k+1}| / |P_k| *
+                 bs_{k+1})``, then ``max(bs_k, b)``: voxels per batch rise monotonically over
+                 training and never exceed the baseline's (128^3, 5/5/5, b = 2: 24 12 6 4 3 2 2
+                 2 2, about half the baseline's voxels).
 ``rpss``         ablation: each iteration draws one of the ``pgps`` patch sizes uniformly at
                  random (seeded by ``(seed, epoch, iteration)``), batch constant.
 ``efficiency``   journal version: start at a 1x1x1 bottleneck ``(s0, s1, s2)``, greedy growth
                  (the axis whose NEW length is smallest, ties to the lowest axis), plan batch.
-``performance``  journal version: the ``efficiency`` patches with ``bs = floor(bs0*|P|/|P_k|)``.
+``performance``  journal version: the ``efficiency`` patches with ``bs = floor(bs0*|P|/|P_k|)``
+                 (per stage, not compounding: voxels per batch ~ the baseline's at every stage).
 
 Short runs (``epochs < n``): instead of the official ZeroDivisionError we keep ``epochs``
 stages -- the first, the last (full size) and evenly spaced ones between -- one epoch each.
-Such a curriculum may grow several axes at one step; ``pgps schedule`` prints it.
+Such a curriculum may grow several axes at one step; ``pgps schedule`` prints it. A kept stage
+trains with the batch it has in the mode's full curriculum (batches are computed before stages
+are thinned or selected), so a thinned or time-budgeted run trains exactly the (patch, batch)
+pairs the full curriculum would, and a budget's warm-up measures what is trained.
 """
 
 from __future__ import annotations
@@ -176,15 +183,13 @@ def greedy_patches(
     return patches
 
 
-def thin_stages(patches: list[tuple[int, ...]], epochs: int) -> list[tuple[int, ...]]:
-    """Keep at most ``epochs`` stages: first, last and evenly spaced ones between."""
-    n = len(patches)
-    if epochs >= n:
-        return patches
+def thin_indices(num_stages: int, epochs: int) -> list[int]:
+    """Indices of at most ``epochs`` stages to keep: first, last and evenly spaced ones between."""
+    if epochs >= num_stages:
+        return list(range(num_stages))
     if epochs == 1:
-        return [patches[-1]]
-    keep = sorted({round(i * (n - 1) / (epochs - 1)) for i in range(epochs)})
-    return [patches[k] for k in keep]
+        return [num_stages - 1]
+    return sorted({round(i * (num_stages - 1) / (epochs - 1)) for i in range(epochs)})
 
 
 def split_epochs(num_stages: int, epochs: int) -> list[tuple[int, int]]:
@@ -195,10 +200,23 @@ def split_epochs(num_stages: int, epochs: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def growing_batches(patches: list[tuple[int, ...]], final_batch: int) -> list[int]:
-    """``floor(bs * |P| / |P_k|)``: voxels per batch at most the baseline's, monotone."""
+def performance_batches(patches: list[tuple[int, ...]], final_batch: int) -> list[int]:
+    """Journal performance mode: ``floor(bs * |P| / |P_k|)`` per stage; voxels per batch at most
+    the baseline's, each stage as close to it as a whole batch allows."""
     full = _volume(patches[-1]) * final_batch
     return [max(final_batch, full // _volume(p)) for p in patches]
+
+
+def pgps_plus_batches(patches: list[tuple[int, ...]], final_batch: int) -> list[int]:
+    """MICCAI PGPS+ (``plan_batch_size``): walk back from the last stage, ``bs_k = floor(|P_{k+1}|
+    / |P_k| * bs_{k+1})``, truncating at every step (so the loss compounds), then at least the
+    plan batch. The official code starts the walk from a hard-coded 2; we start it from the plan
+    batch. Integer arithmetic: the official float expression gives the same numbers on every plan
+    we tried (all 2D/3D plans with 0-6 poolings and 1-8 steps per axis, batches 1, 2, 3, 5)."""
+    batches = [final_batch]
+    for k in range(len(patches) - 2, -1, -1):
+        batches.append(_volume(patches[k + 1]) * batches[-1] // _volume(patches[k]))
+    return [max(b, final_batch) for b in reversed(batches)]
 
 
 def build_schedule(
@@ -234,13 +252,21 @@ def build_schedule(
         candidates = tuple(patches)
         patches = [patch]
 
+    # batches belong to the full curriculum's stages: thinning or selecting keeps them as they are
+    if mode == "pgps+":
+        batches = pgps_plus_batches(patches, batch_size)
+    elif mode == "performance":
+        batches = performance_batches(patches, batch_size)
+    else:
+        batches = [batch_size] * len(patches)
+
     if stage_indices is not None:
         idx = list(stage_indices)
         if not idx or idx != sorted(set(idx)) or idx[0] < 0 or idx[-1] != len(patches) - 1:
             raise ScheduleError(
                 f"stage_indices {idx} must rise strictly within 0..{len(patches) - 1} and end at the full-size stage"
             )
-        patches = [patches[i] for i in idx]
+        patches, batches = [patches[i] for i in idx], [batches[i] for i in idx]
 
     if stage_epochs is not None:
         if len(stage_epochs) != len(patches) or any(e < 1 for e in stage_epochs) or sum(stage_epochs) != epochs:
@@ -252,13 +278,9 @@ def build_schedule(
             edges.append(edges[-1] + e)
         bounds = list(zip(edges[:-1], edges[1:]))
     else:
-        patches = thin_stages(patches, epochs)
+        keep = thin_indices(len(patches), epochs)
+        patches, batches = [patches[i] for i in keep], [batches[i] for i in keep]
         bounds = split_epochs(len(patches), epochs)
-
-    if mode in ("pgps+", "performance"):
-        batches = growing_batches(patches, batch_size)
-    else:
-        batches = [batch_size] * len(patches)
 
     stages = tuple(
         Stage(patch_size=p, batch_size=b, start_epoch=s, end_epoch=e) for p, b, (s, e) in zip(patches, batches, bounds)
