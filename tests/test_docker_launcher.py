@@ -1,21 +1,32 @@
-"""The launcher's user-facing errors and GPU request logic, and the Dockerfile's lint and layer order.
+"""The launcher's user-facing errors and GPU request logic, the build's credential-free source label, and the
+Dockerfile's lint and layer order.
 
-Fast tier (about 5 s, no daemon): these errors come before any container exists, so they are checked against a
-socket path with no daemon behind it, a stale socket nobody listens on, and real directory permissions.
-The errors that need a live daemon (missing image) are in test_docker_image.py.
+Fast tier (about 10 s, no Docker daemon): errors before any container exists are checked against a socket path
+with no daemon behind it, a stale socket nobody listens on, and real directory permissions; errors of a daemon
+that refuses or goes away are checked against a real HTTP server on 127.0.0.1 that answers the few Docker API
+calls the launcher makes (and drops or refuses the one a test picks). The errors that need a live Docker daemon
+(missing image) are in test_docker_image.py.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import re
 import socket
+import struct
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pgps.docker_launcher import gpu_device_requests, writable_by
+from pgps.docker_launcher import build_command, gpu_device_requests, public_source_url, writable_by
 
 REPO = Path(__file__).resolve().parents[1]
 PGPS = [sys.executable, "-m", "pgps.cli"]
@@ -184,3 +195,194 @@ def test_dockerignore_keeps_data_and_venv_out() -> None:
     allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
     assert {"src", "pyproject.toml", "requirements.lock", "docker", "dvc.yaml", "params.yaml"} <= allowed
     assert not allowed & {"data", ".venv", "results", ".git", ".dvc/cache"}
+
+
+# ------------------------------------------------------------------------------------ credentials (issue 15.1)
+
+SECRET = "ghp_S3cr3tT0ken"
+
+
+@pytest.mark.parametrize(
+    ("remote", "public"),
+    [
+        (f"https://user:{SECRET}@github.com/org/repo.git", "https://github.com/org/repo.git"),
+        (f"https://{SECRET}@github.com/org/repo", "https://github.com/org/repo"),
+        (f"https://x-access-token:{SECRET}@github.com/org/repo.git", "https://github.com/org/repo.git"),
+        (f"https://oauth2:{SECRET}@gitlab.example.org:8443/g/r.git", "https://gitlab.example.org:8443/g/r.git"),
+        (f"https://gitlab.example.org/g/r.git?private_token={SECRET}#x", "https://gitlab.example.org/g/r.git"),
+        (f"https://:{SECRET}@[2001:db8::1]:99/r.git", "https://[2001:db8::1]:99/r.git"),
+        (f"ssh://git:{SECRET}@github.com:2222/org/repo.git", "ssh://github.com/org/repo.git"),
+        (f"git+ssh://{SECRET}@host.example/org/repo.git", "ssh://host.example/org/repo.git"),
+        ("git@github.com:org/repo.git", "ssh://github.com/org/repo.git"),
+        ("deploy@host.example:/srv/git/repo.git", "ssh://host.example/srv/git/repo.git"),
+        ("https://github.com/org/repo.git", "https://github.com/org/repo.git"),
+        ("/srv/git/repo.git", "/srv/git/repo.git"),
+        ("file:///srv/git/repo.git", "file:///srv/git/repo.git"),
+        (f"https://u:{SECRET}@host/x\n#SBATCH", None),  # control characters: refused, not cleaned up
+        ("", None),
+    ],
+)
+def test_source_url_loses_every_credential(remote: str, public: str | None) -> None:
+    assert public_source_url(remote) == public
+    assert SECRET not in (public_source_url(remote) or "")
+
+
+def _build_args(**overrides: Any) -> argparse.Namespace:
+    values = {"tag": "pgps:t", "network": "host", "base_image": None, "ca_cert": "none", "no_cache": False}
+    return argparse.Namespace(**(values | overrides))
+
+
+def test_build_command_has_no_credentials_from_the_remote(tmp_path: Path) -> None:
+    """A checkout cloned with a token in its URL: the token reaches neither the build arguments (and so the
+    image's labels and history) nor the printed command."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM scratch\n")
+    subprocess.run(["git", "init", "-q", str(ctx)], check=True)
+    remote = f"https://builder:{SECRET}@git.example.org/lab/pgps.git"
+    subprocess.run(["git", "-C", str(ctx), "remote", "add", "origin", remote], check=True)
+    cmd = build_command(_build_args(), ctx, "/usr/bin/docker")
+    assert "SOURCE=https://git.example.org/lab/pgps.git" in cmd
+    assert not [arg for arg in cmd if SECRET in arg or "builder" in arg]
+    # the command as the user sees it, through the CLI (no daemon: it stops there, after printing nothing secret)
+    proc = run_pgps("docker", "build", "--context", str(ctx), "--ca-cert", "none", "--docker-host",
+                    f"unix://{tmp_path}/none.sock", "--docker", sys.executable)  # fmt: skip
+    assert proc.returncode == 2 and SECRET not in proc.stdout + proc.stderr
+    # an origin that cannot be made safe leaves the label at its default instead
+    subprocess.run(["git", "-C", str(ctx), "remote", "set-url", "origin", "https://u:p@bad host/x"], check=True)
+    assert not [arg for arg in build_command(_build_args(), ctx, "docker") if arg.startswith("SOURCE=")]
+
+
+# ------------------------------------------------------------- a daemon that refuses or goes away (issue 15.4)
+
+API = "/v1.41"
+
+
+class FakeDaemon(ThreadingHTTPServer):
+    """The Docker API calls `pgps docker run` makes, answered for real over HTTP; ``faults`` maps a
+    (method, path regex) to ("drop",) = close the connection unanswered, or (status, message)."""
+
+    daemon_threads = True
+
+    def __init__(self, faults: dict[tuple[str, str], tuple[Any, ...]]) -> None:
+        super().__init__(("127.0.0.1", 0), _DaemonHandler)
+        self.faults = faults
+        self.requests: list[tuple[str, str, Any]] = []
+
+    @property
+    def url(self) -> str:
+        return f"tcp://127.0.0.1:{self.server_address[1]}"
+
+
+class _DaemonHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: FakeDaemon
+
+    def log_message(self, *args: Any) -> None:  # keep pytest's output clean
+        pass
+
+    def _reply(self, status: int, body: bytes = b"", ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _handle(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        path = self.path.split("?", 1)[0]
+        self.server.requests.append((method, path, json.loads(raw) if raw else None))
+        for (m, pattern), action in self.server.faults.items():
+            if m == method and re.fullmatch(pattern, path):
+                if action[0] == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                return self._reply(action[0], json.dumps({"message": action[1]}).encode())
+        if path == "/version":
+            return self._reply(200, json.dumps({"ApiVersion": API[2:], "Version": "20.10.24"}).encode())
+        if path == f"{API}/_ping":
+            return self._reply(200, b"OK", "text/plain")
+        if re.fullmatch(f"{API}/images/.+/json", path):
+            return self._reply(200, json.dumps({"Id": "sha256:" + "a" * 64, "RepoTags": ["pgps:latest"]}).encode())
+        if path == f"{API}/containers/create":
+            return self._reply(201, json.dumps({"Id": "c0ffee", "Warnings": []}).encode())
+        if path == f"{API}/containers/c0ffee/json":
+            return self._reply(200, json.dumps({"Id": "c0ffee", "Config": {"Tty": False}}).encode())
+        if path == f"{API}/containers/c0ffee/logs":
+            text = b"hello from the container\n"
+            return self._reply(200, struct.pack(">BxxxL", 1, len(text)) + text, "application/vnd.docker.raw-stream")
+        if path == f"{API}/containers/c0ffee/wait":
+            return self._reply(200, json.dumps({"StatusCode": 0}).encode())
+        if path in (f"{API}/containers/c0ffee/start", f"{API}/containers/c0ffee"):
+            return self._reply(204)
+        self._reply(404, json.dumps({"message": f"no such endpoint {path}"}).encode())
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+
+@pytest.fixture()
+def fake_daemon(request: pytest.FixtureRequest) -> Iterator[FakeDaemon]:
+    server = FakeDaemon(getattr(request, "param", {}))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def run_via(daemon: FakeDaemon, workspace: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    return run_pgps("docker", "run", "--workspace", str(workspace), "--gpus", "none", "--docker-host", daemon.url,
+                    "--", *command)  # fmt: skip
+
+
+MULTILINE = "OCI runtime create failed:\ncontainer_linux.go:380: starting container process caused:\n\texec: nope"
+
+
+@pytest.mark.parametrize(
+    ("fake_daemon", "needles"),
+    [
+        ({("POST", f"{API}/containers/create"): (500, MULTILINE)},
+         ["refused to start the container", "HTTP 500", "OCI runtime create failed: container_linux.go:380"]),
+        ({("POST", f"{API}/containers/create"): ("drop",)}, ["Docker daemon error", "tcp://127.0.0.1:"]),
+        ({("GET", f"{API}/images/.+/json"): (500, "layer store\\nbroken")}, ["Docker daemon error", "HTTP 500"]),
+        ({("POST", f"{API}/containers/c0ffee/wait"): ("drop",)}, ["Docker daemon error", "tcp://127.0.0.1:"]),
+        ({("POST", f"{API}/containers/c0ffee/wait"): ("drop",), ("DELETE", f"{API}/containers/c0ffee"): ("drop",)},
+         ["Docker daemon error"]),
+    ],
+    indirect=["fake_daemon"],
+    ids=["create-refused-multiline", "create-connection-dropped", "image-inspect-500", "daemon-gone-mid-run",
+         "daemon-gone-and-remove-fails"],
+)  # fmt: skip
+def test_daemon_errors_are_one_line_exit_2(fake_daemon: FakeDaemon, needles: list[str], tmp_path: Path) -> None:
+    proc = run_via(fake_daemon, tmp_path / "ws", "help")
+    line = assert_one_line_error(proc, *needles)
+    assert line.startswith("pgps docker: error: ")
+
+
+def test_workspace_is_a_structured_mount_even_with_colon_and_comma(fake_daemon: FakeDaemon, tmp_path: Path) -> None:
+    ws = tmp_path / "runs:2024,cpu" / "ws"
+    proc = run_via(fake_daemon, ws, "schedule", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "hello from the container" in proc.stdout  # the log stream came through
+    ((_m, _p, body),) = [r for r in fake_daemon.requests if r[1] == f"{API}/containers/create"]
+    host = body["HostConfig"]
+    assert host["Mounts"] == [{"Target": "/workspace", "Source": str(ws), "Type": "bind", "ReadOnly": False}]
+    assert not host.get("Binds")  # no "SRC:DST:MODE" string for the daemon to split at the ':'
+    assert body["Cmd"] == ["schedule", "--help"] and body["User"] == f"{os.getuid()}:{os.getgid()}"
+    assert ("DELETE", f"{API}/containers/c0ffee", None) in fake_daemon.requests  # removed afterwards
+
+
+def test_workspace_with_a_newline_is_refused(tmp_path: Path) -> None:
+    proc = run_pgps("docker", "run", "--workspace", str(tmp_path / "a\nb"), "--docker-host", "unix:///none.sock",
+                    "--", "help")  # fmt: skip
+    assert_one_line_error(proc, "control characters")
+    assert not (tmp_path / "a\nb").exists()

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shlex
 import shutil
 import stat
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +106,7 @@ def connect(docker_host: str | None) -> Any:
     try:
         client = docker.DockerClient(base_url=url, timeout=60)
         client.ping()
-    except docker.errors.DockerException as exc:
+    except sdk_errors() as exc:
         reason = _short_reason(exc)
         raise PGPSError(
             f"{url}: Docker daemon unreachable ({reason}); start dockerd or point --docker-host/DOCKER_HOST at it"
@@ -131,18 +134,32 @@ def _short_reason(exc: BaseException) -> str:
 def build_image(args: argparse.Namespace) -> int:
     """`DOCKER_BUILDKIT=1 docker build` with version/revision/source labels and the optional pip_ca secret."""
     context = (args.context or _default_context()).resolve()
+    cli = _docker_cli(args.docker)
+    cmd = build_command(args, context, cli)
+    connect(args.docker_host)  # a readable error now, instead of the CLI's after it has sent the context
+    env = dict(os.environ, DOCKER_BUILDKIT="1")
+    if args.docker_host:
+        env["DOCKER_HOST"] = args.docker_host
+    print("+ DOCKER_BUILDKIT=1 " + shlex.join(cmd), flush=True)
+    start = time.monotonic()
+    code = subprocess.call(cmd, env=env)
+    outcome = "built" if code == 0 else f"FAILED (exit {code})"
+    print(f"pgps docker build: {args.tag} {outcome} in {time.monotonic() - start:.0f} s", flush=True)
+    return code
+
+
+def build_command(args: argparse.Namespace, context: Path, cli: str) -> list[str]:
+    """The docker CLI's argv. The git remote goes in as SOURCE (the OCI source label) without credentials:
+    build arguments and labels travel with every pushed image."""
     dockerfile = context / "Dockerfile"
     if not dockerfile.is_file():
         raise PGPSError(f"{dockerfile}: no Dockerfile there (pass --context the repository root)")
-    cli = _docker_cli(args.docker)
-    connect(args.docker_host)  # a readable error now, instead of the CLI's after it has sent the context
-
     from pgps import __version__
 
     cmd = [cli, "build", "--network", args.network, "--tag", args.tag, "--file", str(dockerfile)]
     revision = _git(context, "describe", "--always", "--dirty", "--abbrev=40") or "unknown"
     cmd += ["--build-arg", f"VERSION={__version__}", "--build-arg", f"REVISION={revision}"]
-    source = _git(context, "remote", "get-url", "origin")
+    source = public_source_url(_git(context, "remote", "get-url", "origin"))
     if source:
         cmd += ["--build-arg", f"SOURCE={source}"]
     if args.base_image:
@@ -153,16 +170,43 @@ def build_image(args: argparse.Namespace) -> int:
     if args.no_cache:
         cmd.append("--no-cache")
     cmd.append(str(context))
+    return cmd
 
-    env = dict(os.environ, DOCKER_BUILDKIT="1")
-    if args.docker_host:
-        env["DOCKER_HOST"] = args.docker_host
-    print("+ DOCKER_BUILDKIT=1 " + " ".join(cmd), flush=True)
-    start = time.monotonic()
-    code = subprocess.call(cmd, env=env)
-    outcome = "built" if code == 0 else f"FAILED (exit {code})"
-    print(f"pgps docker build: {args.tag} {outcome} in {time.monotonic() - start:.0f} s", flush=True)
-    return code
+
+_SSH_SCHEMES = ("ssh", "git+ssh", "ssh+git")
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+_SCP_LIKE = re.compile(r"(?:[^@/:]+@)?(?P<host>[^@/:]+):(?P<path>(?!//).+)")
+
+
+def public_source_url(remote: str | None) -> str | None:
+    """``remote`` with every credential removed, or None when it cannot be made safe.
+
+    Credentials hide in the user-info part (``https://user:token@host``, ``https://token@host``), in the
+    query (``?private_token=…``) and the fragment; ssh remotes keep only host and path (``ssh://host/path``).
+    A local path has none and is kept. Anything with whitespace or control characters is refused."""
+    if not remote or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in remote):
+        return None
+    if "://" not in remote:
+        scp = _SCP_LIKE.fullmatch(remote)
+        if scp and "/" not in remote.split(":", 1)[0]:  # [user@]host:path, git's scp-like ssh syntax
+            host, path = scp.group("host"), scp.group("path")
+            return f"ssh://{host}/{path.lstrip('/')}" if _HOST.fullmatch(host) else None
+        return remote if "@" not in remote and "?" not in remote else None  # a local path
+    try:
+        parts = urllib.parse.urlsplit(remote)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        return urllib.parse.urlunsplit(("file", "", parts.path, "", ""))
+    host = parts.netloc.rpartition("@")[2].rpartition(":")[0] if port else parts.netloc.rpartition("@")[2]
+    if not scheme or not _HOST.fullmatch(host):
+        return None
+    if scheme in _SSH_SCHEMES:
+        return urllib.parse.urlunsplit(("ssh", host, parts.path, "", ""))
+    netloc = f"{host}:{port}" if port else host
+    return urllib.parse.urlunsplit((scheme, netloc, parts.path, "", ""))
 
 
 def _default_context() -> Path:
@@ -224,6 +268,8 @@ def parse_user(user: str | None) -> tuple[int, int]:
 def prepare_workspace(workspace: Path, uid: int, gid: int) -> Path:
     """Create the workspace if needed and check that uid:gid can write into it (the container's view)."""
     workspace = workspace.expanduser().resolve()
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in str(workspace)):
+        raise PGPSError(f"{str(workspace)!r}: workspace path contains control characters (a newline?)")
     if workspace.exists() and not workspace.is_dir():
         raise PGPSError(f"{workspace}: workspace is not a directory")
     try:
@@ -272,9 +318,10 @@ def gpu_device_requests(mode: str) -> list[Any]:
 
 
 def run_container(args: argparse.Namespace, command: list[str]) -> int:
-    """Run ``command`` through the image's entry point; stream its logs; return its exit code."""
-    import docker
+    """Run ``command`` through the image's entry point; stream its logs; return its exit code.
 
+    Any failure of the daemon or the connection to it (refusal, a dropped connection mid-run, a timeout) is
+    one line naming the daemon, exit 2."""
     uid, gid = parse_user(args.user)
     workspace = prepare_workspace(args.workspace, uid, gid)
     environment = {}
@@ -284,6 +331,31 @@ def run_container(args: argparse.Namespace, command: list[str]) -> int:
             raise PGPSError(f"--env {item}: expected KEY=VALUE")
         environment[key] = value
     client = connect(args.docker_host)
+    try:
+        return _run(client, args, command, workspace, uid, gid, environment)
+    except sdk_errors() as exc:
+        raise PGPSError(f"{daemon_url(args.docker_host)}: Docker daemon error ({one_line(exc)})") from None
+
+
+def workspace_mount(workspace: Path) -> Any:
+    """The workspace as a structured bind mount: the API takes the path as one JSON string, so ':' or ','
+    in it (which the ``SRC:DST:MODE`` volume syntax would split on) are just characters."""
+    import docker
+
+    return docker.types.Mount(target=CONTAINER_WORKSPACE, source=str(workspace), type="bind", read_only=False)
+
+
+def _run(
+    client: Any,
+    args: argparse.Namespace,
+    command: list[str],
+    workspace: Path,
+    uid: int,
+    gid: int,
+    environment: dict[str, str],
+) -> int:
+    import docker
+
     try:
         client.images.get(args.image)
     except docker.errors.ImageNotFound:
@@ -295,7 +367,7 @@ def run_container(args: argparse.Namespace, command: list[str]) -> int:
     options: dict[str, Any] = {
         "command": command,
         "user": f"{uid}:{gid}",
-        "volumes": {str(workspace): {"bind": CONTAINER_WORKSPACE, "mode": "rw"}},
+        "mounts": [workspace_mount(workspace)],
         "working_dir": CONTAINER_WORKSPACE,
         "shm_size": args.shm_size,
         "environment": environment,
@@ -311,8 +383,7 @@ def run_container(args: argparse.Namespace, command: list[str]) -> int:
         container = client.containers.run(args.image, **options)
     except docker.errors.APIError as exc:
         hint = " (no NVIDIA container toolkit on this daemon? pass --gpus none)" if device_requests else ""
-        reason = exc.explanation or exc
-        raise PGPSError(f"{args.image}: the daemon refused to start the container: {reason}{hint}") from None
+        raise PGPSError(f"{args.image}: the daemon refused to start the container: {one_line(exc)}{hint}") from None
     try:
         for chunk in container.logs(stream=True, follow=True):
             sys.stdout.buffer.write(chunk)
@@ -323,5 +394,34 @@ def run_container(args: argparse.Namespace, command: list[str]) -> int:
         code = 130
     finally:
         if not args.keep:
-            container.remove(force=True)
+            _remove_quietly(container)
     return code
+
+
+def _remove_quietly(container: Any) -> None:
+    """Remove the container; when the daemon is gone too, the error that brought us here is the one to show."""
+    try:
+        container.remove(force=True)
+    except sdk_errors():
+        pass
+
+
+def sdk_errors() -> tuple[type[BaseException], ...]:
+    """What the docker SDK and the HTTP stack under it raise when the daemon refuses or goes away."""
+    import docker
+    import requests
+    import urllib3
+
+    return (docker.errors.DockerException, requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError)
+
+
+def one_line(exc: BaseException) -> str:
+    """An SDK error as one short line: the daemon's explanation (often several lines) with its status code,
+    else the innermost cause."""
+    import docker
+
+    if isinstance(exc, docker.errors.APIError):
+        status = exc.status_code
+        text = " ".join(str(exc.explanation or exc).split())
+        return (f"HTTP {status}: " if status else "") + (text[:300] or type(exc).__name__)
+    return _short_reason(exc)
