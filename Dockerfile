@@ -7,12 +7,13 @@
 ARG BASE_IMAGE=debian:bookworm-slim
 
 # --- system: Debian bookworm's python3 is CPython 3.11, the version the lock is for. Package versions follow the
-# base image's snapshot (a Debian stable point release), so they are not pinned one by one.
+# base image's snapshot (a Debian stable point release), so they are not pinned one by one. git: a workspace that
+# is a git repository gets DVC with git (dvc exp, dvc params/metrics diff against commits).
 FROM ${BASE_IMAGE} AS system
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates tini \
+ && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates tini git \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
  && useradd --uid 1000 --create-home --shell /bin/bash pgps \
@@ -53,7 +54,7 @@ ENV PATH=/opt/venv/bin:${PATH} \
     NVIDIA_REQUIRE_CUDA="cuda>=13.0"
 
 # The project itself (no dependency resolution: everything is installed above) and the pipeline files that
-# `reproduce` copies into the workspace.
+# `reproduce` copies into the workspace (docker/pipeline_files.py: copied where absent, never overwritten).
 COPY docker/entrypoint.sh /usr/local/bin/pgps-entrypoint
 COPY . /opt/pgps/
 RUN /opt/venv/bin/pip install --disable-pip-version-check --no-deps --no-build-isolation --no-cache-dir /opt/pgps \

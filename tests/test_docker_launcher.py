@@ -386,3 +386,118 @@ def test_workspace_with_a_newline_is_refused(tmp_path: Path) -> None:
                     "--", "help")  # fmt: skip
     assert_one_line_error(proc, "control characters")
     assert not (tmp_path / "a\nb").exists()
+
+
+# -------------------------------------------- the image's entry point, run here as a plain script (issue 15.2, 16.5)
+
+ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
+
+
+def entrypoint(*argv: str, workspace: Path | None = None, src: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """docker/entrypoint.sh with this venv's python/pgps/dvc, as the image runs it (PYTHONUNBUFFERED=1 is in the
+    image's environment: every print is its own write, which is what made the old verb check race)."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", PYTHONUNBUFFERED="1")
+    env["PGPS_PIPELINE_SRC"] = str(src)
+    if workspace is not None:
+        env["PGPS_WORKSPACE"] = str(workspace)
+    return subprocess.run(["bash", str(ENTRYPOINT), *argv], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_entrypoint_verb_check_is_not_a_race() -> None:
+    """`schedule` is the first verb the old `pgps_verbs | grep -qxF` check listed: grep exits at the first line
+    and python's next write dies of SIGPIPE, failing the pipeline (1 run in 5-15 here). 64 runs, 4 at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(lambda _: entrypoint("schedule", "--help"), range(64)))
+    failed = [r.stderr.strip() for r in runs if r.returncode != 0 or "usage: pgps schedule" not in r.stdout]
+    assert not failed, f"{len(failed)} of 64 runs of a valid verb failed: {failed[0]}"
+    unknown = entrypoint("no-such-command")
+    assert unknown.returncode == 2
+    assert (
+        unknown.stderr.strip()
+        == "pgps-entrypoint: error: no-such-command: not a pgps verb or a program in the image (try: help)"
+    )
+    assert entrypoint("true").returncode == 0  # a program in the image runs as is
+
+
+def _dvc(ws: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    dvc = Path(sys.executable).with_name("dvc")
+    return subprocess.run([str(dvc), *argv], cwd=ws, capture_output=True, text=True, timeout=120)
+
+
+def test_entrypoint_git_workspace_gets_dvc_with_git(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    subprocess.run(["git", "init", "-q", str(ws)], check=True)
+    proc = entrypoint("reproduce", "--help", workspace=ws)
+    assert proc.returncode == 0, proc.stderr
+    assert "no_scm" not in (ws / ".dvc" / "config").read_text()
+    git = ["git", "-C", str(ws), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    (ws / "results").mkdir()
+    (ws / "results" / "metrics.json").write_text('{"dice": 0.5}\n')
+    subprocess.run([*git, "add", "-f", "dvc.yaml", "params.yaml", ".dvc", ".dvcignore", "results"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "pipeline"], check=True)
+    (ws / "params.yaml").write_text((ws / "params.yaml").read_text().replace("epochs: 4", "epochs: 7"))
+    (ws / "results" / "metrics.json").write_text('{"dice": 0.75}\n')
+    diff = _dvc(ws, "params", "diff")
+    assert diff.returncode == 0 and re.search(r"budget\.epochs\s+4\s+7", diff.stdout), diff.stdout + diff.stderr
+    metrics = _dvc(ws, "metrics", "diff", "--json")
+    assert metrics.returncode == 0, metrics.stderr
+    assert json.loads(metrics.stdout)["results/metrics.json"]["dice"] == {"old": 0.5, "new": 0.75, "diff": 0.25}
+    exps = _dvc(ws, "exp", "show", "--json")
+    assert exps.returncode == 0, exps.stderr
+    # a workspace without git keeps working as before: DVC without SCM
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert entrypoint("reproduce", "--help", workspace=plain).returncode == 0
+    assert "no_scm = True" in (plain / ".dvc" / "config").read_text()
+
+
+def _image_dir(root: Path) -> Path:
+    """What an image ships in /opt/pgps: the pipeline files (copies, so a test can 'upgrade' them), the code."""
+    root.mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        (root / name).write_bytes((REPO / name).read_bytes())
+    (root / "profiles").mkdir()
+    (root / "profiles" / "full.yaml").write_bytes((REPO / "profiles" / "full.yaml").read_bytes())
+    (root / "docker").symlink_to(REPO / "docker")
+    (root / "src").symlink_to(REPO / "src")
+    return root
+
+
+def test_image_upgrade_says_what_is_newer_and_never_overwrites(tmp_path: Path) -> None:
+    image, ws = _image_dir(tmp_path / "image"), tmp_path / "ws"
+    ws.mkdir()
+    first = entrypoint("reproduce", "--help", workspace=ws, src=image)
+    assert first.returncode == 0 and "notice" not in first.stderr, first.stderr
+    copied = {name: (ws / name).read_bytes() for name in ("dvc.yaml", "params.yaml", "profiles/full.yaml")}
+    assert copied["dvc.yaml"] == (image / "dvc.yaml").read_bytes()
+    # a newer image: another dvc.yaml and a new profile; the user edited params.yaml, and so did the image
+    (image / "dvc.yaml").write_text((image / "dvc.yaml").read_text() + "# a stage changed in the new image\n")
+    (image / "profiles" / "smoke.yaml").write_text("profile: smoke\n")
+    (image / "params.yaml").write_text((image / "params.yaml").read_text() + "# new image\n")
+    (ws / "params.yaml").write_text(copied["params.yaml"].decode().replace("epochs: 4", "epochs: 9"))
+    mine = (ws / "params.yaml").read_bytes()
+    second = entrypoint("reproduce", "--help", workspace=ws, src=image)
+    assert second.returncode == 0, second.stderr
+    notices = [ln for ln in second.stderr.splitlines() if "notice" in ln]
+    assert len(notices) == 1, second.stderr
+    assert "ships newer dvc.yaml than the workspace's" in notices[0] and "update-pipeline" in notices[0]
+    assert "params.yaml differ from this image's and were edited" in notices[0]
+    assert (ws / "dvc.yaml").read_bytes() == copied["dvc.yaml"] and (ws / "params.yaml").read_bytes() == mine
+    assert (ws / "profiles" / "smoke.yaml").read_text() == "profile: smoke\n"  # new file: nothing to overwrite
+    # the command the notice names: --diff changes nothing, plain update leaves the edited file, --force takes it
+    diff = entrypoint("update-pipeline", "--diff", workspace=ws, src=image)
+    assert "+# a stage changed in the new image" in diff.stdout and "-  epochs: 9" in diff.stdout
+    assert (ws / "dvc.yaml").read_bytes() == copied["dvc.yaml"]
+    upd = entrypoint("update-pipeline", workspace=ws, src=image)
+    assert upd.returncode == 0, upd.stderr
+    assert (ws / "dvc.yaml").read_bytes() == (image / "dvc.yaml").read_bytes()
+    assert (ws / "dvc.yaml.orig").read_bytes() == copied["dvc.yaml"]
+    assert (ws / "params.yaml").read_bytes() == mine and "kept (edited" in upd.stdout
+    forced = entrypoint("update-pipeline", "--force", workspace=ws, src=image)
+    assert forced.returncode == 0, forced.stderr
+    assert (ws / "params.yaml").read_bytes() == (image / "params.yaml").read_bytes()
+    assert (ws / "params.yaml.orig").read_bytes() == mine
+    third = entrypoint("reproduce", "--help", workspace=ws, src=image)
+    assert third.returncode == 0 and "notice" not in third.stderr, third.stderr
