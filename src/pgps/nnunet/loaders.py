@@ -8,8 +8,7 @@ sliding-window inference always see the planned patch."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,18 +20,7 @@ from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from threadpoolctl import threadpool_limits
 
-
-@contextmanager
-def planned_patch_replaced(configuration_manager: Any, patch: Sequence[int]) -> Iterator[None]:
-    """Temporarily show ``patch`` as the plan's patch (nnU-Net derives rotation ranges, dummy-2D
-    augmentation and the initial crop size from it); always restored."""
-    conf = configuration_manager.configuration
-    old = conf["patch_size"]
-    conf["patch_size"] = [int(x) for x in patch]
-    try:
-        yield
-    finally:
-        conf["patch_size"] = old
+from pgps.nnunet.augmentation import MODES, trainer_stage_augmentation
 
 
 class MultiCropDataLoader(nnUNetDataLoader):
@@ -99,19 +87,23 @@ def build_train_loader(
     oversample: float,
     cases_per_batch: int | None = None,
     num_processes: int | None = None,
+    augmentation: str = "stage",
 ) -> Any:
-    """nnU-Net's training pipeline for ``patch`` x ``batch`` (this rank's share)."""
+    """nnU-Net's training pipeline for ``patch`` x ``batch`` (this rank's share), augmented as
+    ``augmentation`` says (``stage``: nnU-Net's rule on this patch; ``planned``: the planned
+    patch's regime; see pgps.nnunet.augmentation)."""
+    if augmentation not in MODES:
+        raise ValueError(f"augmentation {augmentation!r}: use one of {', '.join(MODES)}")
     patch = [int(x) for x in patch]
-    with planned_patch_replaced(trainer.configuration_manager, patch):
-        aug_params = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-    rotation, dummy_2d, initial_patch, mirror_axes = aug_params
+    aug = trainer_stage_augmentation(trainer, patch, augmentation)
+    initial_patch = list(aug.initial_patch_size)
     lm = trainer.label_manager
     transforms = trainer.get_training_transforms(
         patch,
-        rotation,
+        aug.regime.rotation,
         trainer._get_deep_supervision_scales(),
-        mirror_axes,
-        dummy_2d,
+        aug.regime.mirror_axes,
+        aug.regime.dummy_2d,
         use_mask_for_norm=trainer.configuration_manager.use_mask_for_norm,
         is_cascaded=trainer.is_cascaded,
         foreground_labels=lm.foreground_labels,
