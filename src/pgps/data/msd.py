@@ -1,10 +1,15 @@
 """`pgps acquire`: get one Medical Segmentation Decathlon task into ``data/raw/<TaskNN_Name>``.
 
 The tarballs are large (27 MB to 27 GB), so a download resumes from its ``.part`` file with an HTTP Range
-request, and nothing counts as done before it is proven: the tarball gets its final name only after its MD5
-matches the published checksum, and the task folder appears in ``data/raw`` only by one rename of a fully
-extracted temp folder. A process killed at any point therefore leaves either nothing or a ``.part`` / temp
-folder that the next run resumes or discards. The reduced synthetic tasks are generated instead of downloaded.
+request (``pgps.data.download``), and nothing counts as done before it is proven: the tarball gets its final name
+only after its MD5 matches the published checksum, and the task folder appears in ``data/raw`` only by one swap
+of a fully extracted temp folder (``pgps.data.extract``). A process killed at any point therefore leaves either
+nothing or a ``.part`` / temp entry that the next run resumes or discards. A user's own tarball
+(``--source-dir``) is only ever read: it is hard-linked (or copied) under a temp name, verified there, and
+renamed; nothing is ever opened for writing through a name that may be linked to it. The reduced synthetic tasks
+are generated instead of downloaded.
+
+Importing this module is cheap (standard library only): other code reads ``MSD_MD5`` from it.
 """
 
 from __future__ import annotations
@@ -13,20 +18,19 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
-import http.client
 import os
 import re
-import shutil
 import sys
-import tarfile
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from pgps.data.download import download
+from pgps.data.extract import DEFAULT_MAX_MEMBERS, DEFAULT_MAX_RATIO, Limits, extract, remove_leftovers
+from pgps.data.fsinspect import file_problem
+from pgps.data.messages import user_errors
+from pgps.data.progress import bar
 from pgps.errors import PGPSError
+from pgps.fileio import clean_partials, write_with
 from pgps.paths import data_root
 
 # The public mirror MONAI's DecathlonDataset uses (no sign-in), and the MD5 of each tarball as MONAI publishes it.
@@ -46,11 +50,6 @@ MSD_MD5: dict[str, str] = {
 TASK_NAME_RE = re.compile(r"^Task\d{2,3}_[A-Za-z0-9]+$")
 MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 CHUNK = 1 << 20
-USER_AGENT = "pgps-acquire/0.1 (python urllib)"
-
-
-class _Interrupted(Exception):
-    """A download stopped early (dropped connection, timeout); the ``.part`` file keeps what arrived."""
 
 
 def synthetic_tasks() -> dict[str, str]:
@@ -73,13 +72,14 @@ def expected_md5(task: str, md5: str | None) -> str:
     return MSD_MD5[task]
 
 
-def file_md5(path: Path, hasher: hashlib._Hash | None = None) -> hashlib._Hash:
-    """Stream a file through MD5 (tarballs do not fit in memory)."""
-    hasher = hasher or hashlib.md5(usedforsecurity=False)  # an integrity check; FIPS builds allow it
-    with open(path, "rb") as fh:
+def file_md5(path: Path) -> str:
+    """Stream a file through MD5 (tarballs do not fit in memory), with a progress bar on a terminal."""
+    hasher = hashlib.md5(usedforsecurity=False)  # an integrity check; FIPS builds allow it
+    with open(path, "rb") as fh, bar(f"MD5 {path.name}", os.fstat(fh.fileno()).st_size) as progress:
         while block := fh.read(CHUNK):
             hasher.update(block)
-    return hasher
+            progress.update(len(block))
+    return hasher.hexdigest()
 
 
 @contextlib.contextmanager
@@ -93,179 +93,56 @@ def _task_lock(downloads: Path, task: str) -> Iterator[None]:
         yield
 
 
-def _content_range_total(value: str | None) -> int | None:
-    """Total size from ``Content-Range: bytes a-b/N`` or ``bytes */N``."""
-    m = re.match(r"bytes\s+(?:\d+-\d+|\*)/(\d+)", value or "")
-    return int(m.group(1)) if m else None
-
-
-def _fetch_once(url: str, part: Path, timeout: float) -> int | None:
-    """Append the rest of ``url`` to ``part``; returns the total size if the server told it.
-
-    Raises _Interrupted when the transfer stops early, so the caller can retry with a Range request.
-    """
-    have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    if have:
-        request.add_header("Range", f"bytes={have}-")
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:
-            total = _content_range_total(exc.headers.get("Content-Range"))
-            if total == have:
-                return total  # the part file already holds everything
-            part.unlink()  # larger than the remote file: not a prefix of it, start over
-            raise _Interrupted(f"{part.name} did not match the remote size; restarting") from None
-        raise PGPSError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-    except (OSError, http.client.HTTPException) as exc:  # URLError, refused, reset, timeout
-        reason = getattr(exc, "reason", exc)
-        raise _Interrupted(f"{url}: {reason}") from None
-    with response:
-        if have and response.status == 206:
-            start = re.match(r"bytes\s+(\d+)-", response.headers.get("Content-Range", ""))
-            if not start or int(start.group(1)) != have:
-                raise PGPSError(f"{url}: server answered Range bytes={have}- with {response.headers['Content-Range']}")
-            total = _content_range_total(response.headers.get("Content-Range"))
-            mode = "ab"
-        else:  # 200: the whole file (a server without Range support sends it all again)
-            have, mode = 0, "wb"
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-        received = have
-        try:
-            with open(part, mode) as out:
-                while block := response.read1(CHUNK):  # what has arrived, so a kill loses little
-                    out.write(block)
-                    received += len(block)
-                out.flush()
-                os.fsync(out.fileno())
-        except (OSError, http.client.HTTPException) as exc:  # reset, timeout (and a full disk, reported as is)
-            raise _Interrupted(f"{url}: connection lost after {received} bytes ({exc})") from None
-    if total is not None and received < total:
-        raise _Interrupted(f"{url}: connection closed after {received} of {total} bytes")
-    return total
-
-
-def download(url: str, part: Path, retries: int, timeout: float) -> None:
-    """Fetch ``url`` into ``part``, resuming after each interruption; gives up after ``retries`` attempts in a
-    row that brought no new bytes (a flaky link that keeps making progress on a 27 GB file is not a failure)."""
-    attempt = 0
-    while True:
-        have = part.stat().st_size if part.exists() else 0
-        print(f"downloading {url} -> {part}" + (f" (resuming at byte {have})" if have else ""), file=sys.stderr)
-        try:
-            _fetch_once(url, part, timeout)
-            return
-        except _Interrupted as exc:
-            if part.exists() and part.stat().st_size > have:
-                attempt = 0  # progress: the retry budget is for attempts that get nowhere
-            if attempt >= retries:
-                if part.exists() and part.stat().st_size:
-                    msg = f"{part}: download incomplete ({exc}); re-run to resume from the partial file"
-                else:
-                    msg = f"download failed after {attempt + 1} attempt(s) without progress: {exc}"
-                raise PGPSError(msg) from None
-            attempt += 1
-            wait = min(0.25 * 2.0 ** (attempt - 1), 30.0)
-            print(f"  interrupted: {exc}; retry {attempt}/{retries} in {wait:.1f}s", file=sys.stderr)
-            time.sleep(wait)
-
-
-def copy_from_source(source: Path, part: Path) -> None:
-    """Bring a user's tarball in: a hard link when on the same disk (no 27 GB copy), else a copy."""
-    part.unlink(missing_ok=True)
-    try:
-        os.link(source, part)
-    except OSError:
-        try:
-            shutil.copyfile(source, part)
-        except OSError as exc:
-            raise PGPSError(f"{source}: cannot copy to {part}: {exc.strerror or exc}") from None
-
-
 def verify_md5(path: Path, want: str, origin: Path | None = None) -> None:
     """Raise (after removing ``path``, so it is never mistaken for a good tarball) when the MD5 differs.
 
-    ``origin`` names the user's file in the message when ``path`` is our copy of it.
+    ``origin`` is the user's file when ``path`` is our link to or copy of it: the message names it, and only our
+    name is removed.
     """
-    got = file_md5(path).hexdigest()
+    got = file_md5(path)
     if got != want:
         path.unlink(missing_ok=True)
-        what = f"{origin}: MD5 mismatch" if origin else f"{path}: MD5 mismatch"
-        raise PGPSError(f"{what} (got {got}, expected {want}); the bad copy {path.name} was removed")
+        if origin is not None:
+            raise PGPSError(f"{origin}: MD5 mismatch (got {got}, expected {want}); your file was left as it is")
+        raise PGPSError(f"{path}: MD5 mismatch (got {got}, expected {want}); the bad copy {path.name} was removed")
 
 
-def _safe_member_path(member: tarfile.TarInfo, tarball: Path) -> PurePosixPath | None:
-    """The member's relative path, None for entries to skip, or an error for anything unsafe."""
-    path = PurePosixPath(member.name)
-    parts = [p for p in path.parts if p not in ("", ".")]
-    if path.is_absolute() or ".." in parts:
-        raise PGPSError(f"{tarball}: unsafe member {member.name!r} (absolute path or '..'); refusing to extract")
-    if not parts or parts[0] == "__MACOSX" or any(p.startswith("._") for p in parts):
-        return None  # macOS resource forks, not data
-    if not (member.isfile() or member.isdir()):
-        raise PGPSError(f"{tarball}: member {member.name!r} is a link or special file; refusing to extract")
-    return PurePosixPath(*parts)
-
-
-def extract(tarball: Path, task: str, raw: Path) -> Path:
-    """Extract into a temp folder beside the destination, then rename it to ``raw/<task>`` in one step."""
-    raw.mkdir(parents=True, exist_ok=True)
-    dest = raw / task
-    tmp = Path(tempfile.mkdtemp(prefix=f".{task}.extract-", dir=raw))
+def _link_or_copy(source: Path, tmp: Path) -> None:
+    """``tmp`` becomes a second name of ``source`` (same disk: no 27 GB copy) or a copy of it. Either way it is
+    only read from here on: nothing opens it for writing, and a killed run leaves just a temp name to unlink."""
+    tmp.unlink()  # the empty temp file write_with made; the name is ours (we hold the task lock)
     try:
-        tops: set[str] = set()
-        try:
-            with tarfile.open(tarball, "r:*") as tf:
-                for member in tf:
-                    rel = _safe_member_path(member, tarball)
-                    if rel is None:
-                        continue
-                    tops.add(rel.parts[0])
-                    target = tmp.joinpath(*rel.parts)
-                    if member.isdir():
-                        target.mkdir(parents=True, exist_ok=True)
-                        continue
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    src = tf.extractfile(member)
-                    assert src is not None  # regular file
-                    with src, open(target, "wb") as out:
-                        shutil.copyfileobj(src, out, CHUNK)
-        except (tarfile.TarError, EOFError) as exc:
-            raise PGPSError(f"{tarball}: not a readable tar archive ({exc})") from None
-        if len(tops) != 1:
-            raise PGPSError(f"{tarball}: expected one top-level task folder, found {sorted(tops) or 'none'}")
-        root = tmp / tops.pop()
-        if not root.is_dir() or not (root / "dataset.json").is_file():
-            raise PGPSError(f"{tarball}: no {root.name}/dataset.json in the archive; not an MSD task tarball")
-        _fsync_tree(root)
-        old = None
-        if dest.exists():  # --force: swap in the new copy, then drop the old one
-            old = tmp / ".old"
-            os.replace(dest, old)
-        os.replace(root, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+        os.link(source, tmp)
+        return
+    except OSError:
+        pass  # another filesystem, or links not allowed: copy
+    try:
+        with open(source, "rb") as src, open(tmp, "xb") as out, bar(f"copy {source.name}", None) as progress:
+            while block := src.read(CHUNK):
+                out.write(block)
+                progress.update(len(block))
+    except OSError as exc:
+        raise PGPSError(f"{source}: cannot copy to {tmp.parent}: {exc.strerror or exc}") from None
 
 
-def _fsync_tree(root: Path) -> None:
-    """Flush extracted files before the rename publishes them, so a power cut cannot leave empty files."""
-    for path in root.rglob("*"):
-        if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+def bring_in(source: Path, tarball: Path, want: str) -> None:
+    """Publish the user's ``source`` as ``tarball`` once its MD5 is proven; the user's file is never written."""
+
+    def link_and_verify(tmp: Path) -> None:
+        _link_or_copy(source, tmp)
+        verify_md5(tmp, want, origin=source)
+
+    write_with(tarball, link_and_verify)
 
 
-def _remove_stale(raw: Path, task: str) -> None:
-    """Temp folders of an extraction that was killed: never complete, always safe to drop."""
-    if raw.is_dir():
-        for stale in raw.glob(f".{task}.extract-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+def _check_placed_tarball(tarball: Path, want: str) -> None:
+    """A tarball under its final name: ours are renamed only after verification, so a bad one was put there by
+    hand (a link to the user's file, for instance) and is reported, never deleted or overwritten."""
+    got = file_md5(tarball)
+    if got != want:
+        raise PGPSError(
+            f"{tarball}: MD5 mismatch (got {got}, expected {want}); replace the file, or delete it to download"
+        )
 
 
 def acquire(
@@ -280,8 +157,13 @@ def acquire(
     retries: int = 5,
     timeout: float = 60.0,
     seed: int = 0,
+    max_ratio: float = DEFAULT_MAX_RATIO,
+    max_members: int = DEFAULT_MAX_MEMBERS,
 ) -> Path:
-    """Make ``raw/<task>`` exist and be complete; returns its path. Safe to re-run after any crash."""
+    """Make ``raw/<task>`` exist and be complete; returns its path. Safe to re-run after any crash.
+
+    ``max_ratio``/``max_members`` cap the extraction of a tarball checked against a user-supplied MD5 only.
+    """
     synthetic = synthetic_tasks()
     if task in synthetic:
         from pgps.data.synthetic import make_task
@@ -294,30 +176,27 @@ def acquire(
     if dest.is_dir() and not force:
         print(f"{dest}: already present", file=sys.stderr)
         return dest
+    limits = None if want == MSD_MD5.get(task) else Limits(max_ratio, max_members)
     downloads.mkdir(parents=True, exist_ok=True)
     with _task_lock(downloads, task):
-        _remove_stale(raw, task)
+        remove_leftovers(raw, task)
         tarball = downloads / f"{task}.tar"
-        part = downloads / f"{task}.tar.part"
-        if tarball.exists():  # ours are renamed only after verification, so a bad one was put there by hand
-            got = file_md5(tarball).hexdigest()
-            if got != want:
-                raise PGPSError(
-                    f"{tarball}: MD5 mismatch (got {got}, expected {want}); replace the file, or delete it to download"
-                )
-        if not tarball.exists():
-            if source_dir is not None:
-                source = source_dir / f"{task}.tar"
-                if not source.is_file():
-                    raise PGPSError(f"{source}: not found (--source-dir must hold {task}.tar)")
-                copy_from_source(source, part)
-            else:
-                source = None
-                download(f"{url_base.rstrip('/')}/{task}.tar", part, retries, timeout)
-            verify_md5(part, want, source)
-            os.replace(part, tarball)  # the final name means: complete and verified
+        clean_partials(downloads, tarball.name)  # links/copies of a killed --source-dir run: unlinked, not written
+        if tarball.exists():
+            _check_placed_tarball(tarball, want)
+        elif source_dir is not None:
+            source = source_dir / f"{task}.tar"
+            problem = file_problem(source)
+            if problem:
+                raise PGPSError(f"{source}: {problem} (--source-dir must hold {task}.tar)")
+            bring_in(source, tarball, want)
+        else:
+            part = downloads / f"{task}.tar.part"
+            download(f"{url_base.rstrip('/')}/{task}.tar", part, retries, timeout)
+            verify_md5(part, want)
+            os.replace(part, tarball)  # the final name means: complete and verified (the .part was fsynced)
         print(f"{tarball}: MD5 {want} OK; extracting", file=sys.stderr)
-        return extract(tarball, task, raw)
+        return extract(tarball, task, raw, limits)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -344,11 +223,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds without data before a retry")
     parser.add_argument("--seed", type=int, default=0, help="seed of a synthetic task")
+    parser.add_argument(
+        "--max-extract-ratio",
+        type=float,
+        default=DEFAULT_MAX_RATIO,
+        help=f"with --md5: extract at most this many times the tarball's size (default {DEFAULT_MAX_RATIO:g})",
+    )
+    parser.add_argument(
+        "--max-members",
+        type=int,
+        default=DEFAULT_MAX_MEMBERS,
+        help=f"with --md5: refuse archives with more members (default {DEFAULT_MAX_MEMBERS})",
+    )
 
 
+@user_errors
 def main(args: argparse.Namespace) -> int:
     if args.md5 is not None and len(args.tasks) > 1:
         raise PGPSError("--md5 applies to one task; acquire the tasks one at a time")
+    if not args.max_extract_ratio > 0:
+        raise PGPSError(f"--max-extract-ratio must be > 0, got {args.max_extract_ratio:g}")
+    if args.max_members < 1:
+        raise PGPSError(f"--max-members must be >= 1, got {args.max_members}")
     root = args.data.resolve() if args.data else data_root()
     raw = args.raw_dir or root / "raw"
     downloads = args.downloads_dir or root / "downloads"
@@ -365,6 +261,8 @@ def main(args: argparse.Namespace) -> int:
                 retries=args.retries,
                 timeout=args.timeout,
                 seed=args.seed,
+                max_ratio=args.max_extract_ratio,
+                max_members=args.max_members,
             )
         )
     return 0
