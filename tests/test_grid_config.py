@@ -1,5 +1,6 @@
 """Requests come from params.yaml's grid: section or flags, and reach sbatch as the lines submitit writes;
-a bad value is one line naming the file and key. Fast (no cluster): ~5 s."""
+a bad value is one line naming the file and key (or the flag: the flags follow the same schema). Every SLURM
+string is a whole-string match, so nothing breaks out of its ``#SBATCH`` line. Fast (no cluster): ~10 s."""
 
 from __future__ import annotations
 
@@ -11,8 +12,15 @@ import yaml
 from submitit.slurm.slurm import _make_sbatch_string
 
 from pgps.errors import PGPSError
-from pgps.grid.config import GridConfig, Resources, add_resource_flags, apply_flags, parse_grid_section
-from pgps.grid.slurm import _parameters
+from pgps.grid.config import (
+    GridConfig,
+    Resources,
+    add_resource_flags,
+    apply_flags,
+    parse_grid_section,
+    validate_grid_overrides,
+)
+from pgps.grid.slurm import sbatch_parameters
 from test_grid_helpers import copy_pipeline_repo, make_toy_repo, pgps
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -20,7 +28,7 @@ REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 def _sbatch(config: GridConfig, group: str) -> list[str]:
     """The #SBATCH lines submitit would write for a job of dvc.yaml stage ``group``."""
-    params = _parameters(config, config.resources(group), group)
+    params = sbatch_parameters(config, config.resources(group), group, Path("/tmp/x"))
     slurm = {k.removeprefix("slurm_"): v for k, v in params.items() if k.startswith("slurm_")}
     slurm.pop("array_parallelism")
     slurm["signal_delay_s"] = slurm.pop("signal_delay_s")
@@ -76,6 +84,13 @@ def test_gpu_request_only_where_asked_and_none_with_gpus_0() -> None:
     assert not any("gpus-per-node" in ln for ln in _sbatch(gres, "train"))
 
 
+def test_constraint_and_extra_options_reach_the_sbatch_lines() -> None:
+    config = parse_grid_section({"constraint": "a100&ib", "sbatch_extra": ["--mail-type=END", "--exclusive"]})
+    lines = _sbatch(config, "train")
+    assert "#SBATCH --constraint='a100&ib'" in lines or "#SBATCH --constraint=a100&ib" in lines, lines
+    assert "#SBATCH --mail-type=END" in lines and "#SBATCH --exclusive" in lines, lines
+
+
 def test_signal_delay_never_exceeds_half_the_time_limit() -> None:
     config = GridConfig(stages=(("train", Resources(time_min=2)),), signal_delay_s=300)
     assert "#SBATCH --signal=USR2@60" in _sbatch(config, "train")
@@ -84,17 +99,119 @@ def test_signal_delay_never_exceeds_half_the_time_limit() -> None:
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"stages": {"train": {"gpus": -1}}}, "grid.stages.train.gpus: must be a number >= 0, got -1"),
-        ({"stages": {"train": {"cpus": 1.5}}}, "grid.stages.train.cpus: must be a number > 0, got 1.5"),
-        ({"default": {"memory": 3}}, "grid.default.memory: unknown key"),
+        ({"stages": {"train": {"gpus": -1}}}, "grid.stages.train.gpus: must be >= 0, got -1"),
+        ({"stages": {"train": {"cpus": 1.5}}}, "grid.stages.train.cpus: must be an integer, got 1.5"),
+        ({"stages": {"train": {"time_min": 10**9}}}, "grid.stages.train.time_min: must be <= 525600 (a year)"),
+        ({"default": {"mem_gb": float("nan")}}, "grid.default.mem_gb: must be a finite number, got nan"),
+        ({"default": {"memory": 3}}, "grid.default.memory: unknown key (allowed: cpus, mem_gb, gpus, time_min)"),
         ({"partiton": "gpu"}, "grid.partiton: unknown key"),
-        ({"account": ""}, "grid.account: must be a non-empty string or null"),
-        ({"stages": ["train"]}, "grid.stages: must map dvc.yaml stage names to requests"),
+        ({"account": ""}, "grid.account: must be a name of letters, digits, _ . -, got ''"),
+        ({"stages": ["train"]}, "grid.stages: must be a mapping, got ['train']"),
+        ({"stages": {"tr ain": {}}}, "grid.'tr ain': must be a dvc.yaml stage name"),
+        ({"array_parallelism": 0}, "grid.array_parallelism: must be >= 1, got 0"),
+        ({"sbatch_extra": "--exclusive"}, "grid.sbatch_extra: must be a list"),
     ],
 )
 def test_bad_grid_section_names_file_and_key(section: dict, message: str) -> None:
-    with pytest.raises(PGPSError, match=message.replace(".", r"\.").replace("(", r"\(")):
-        parse_grid_section(section, where="params.yaml: grid")
+    with pytest.raises(PGPSError) as err:
+        parse_grid_section(section, "params.yaml")
+    assert str(err.value).startswith(f"params.yaml: {message}".replace("grid.'tr ain'", "grid.stages.'tr ain'"))
+
+
+# values that reach `#SBATCH --key=value` lines: anything that could end the line or smuggle another option
+HOSTILE = [
+    "gpu\n#SBATCH --exclusive",
+    "gpu\r",
+    "gpu\x00",
+    "gpu\x1b[0m",
+    "gpu a100",
+    "gpu;rm -rf ~",
+    "gpu$(id)",
+    "gpu`id`",
+    "'gpu'",
+    '"gpu"',
+    "gpu\\",
+    "gpu#x",
+    "gpu\t",
+    "",
+    "g" * 300,
+]
+SLURM_KEYS = ("partition", "account", "qos", "gres", "constraint")
+
+
+@pytest.mark.parametrize("key", SLURM_KEYS)
+@pytest.mark.parametrize("value", HOSTILE, ids=[repr(h)[:20] for h in HOSTILE])
+def test_slurm_strings_refuse_anything_that_breaks_an_sbatch_line(key: str, value: str) -> None:
+    with pytest.raises(PGPSError) as err:
+        parse_grid_section({key: value}, "params.yaml")
+    message = str(err.value)
+    assert message.startswith(f"params.yaml: grid.{key}: ") and len(message.splitlines()) == 1, message
+    assert not any(ch in message for ch in "\n\r\x00\x1b\t"), message
+    with pytest.raises(PGPSError) as err:  # the same rules for the flag
+        apply_flags(GridConfig(), _flags([f"--{key}={value}"]))
+    assert str(err.value).startswith(f"--{key}: ") and len(str(err.value).splitlines()) == 1, str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("partition", "gpu"),
+        ("partition", "gpu,gpu-long"),
+        ("account", "lab.ai-1"),
+        ("qos", "normal"),
+        ("gres", "gpu:a100:1"),
+        ("gres", "gpu:2,shard:1"),
+        ("constraint", "a100"),
+        ("constraint", "a100&ib"),
+        ("constraint", "[rack1|rack2]"),
+        ("constraint", "(a100|h100)&ib"),
+    ],
+)
+def test_what_slurm_accepts_is_accepted(key: str, value: str) -> None:
+    assert getattr(parse_grid_section({key: value}), key) == value
+    assert getattr(apply_flags(GridConfig(), _flags([f"--{key}={value}"])), key) == value
+
+
+def test_sbatch_extra_options_validated_and_given_to_submitit() -> None:
+    config = parse_grid_section({"sbatch_extra": ["--mail-type=END,FAIL", "--exclusive"]})
+    config = apply_flags(config, _flags(["--sbatch-extra=--mail-user=me@lab.org", "--array-parallelism", "8"]))
+    assert config.sbatch_extra == ("--mail-type=END,FAIL", "--exclusive", "--mail-user=me@lab.org")
+    assert config.sbatch_extra_parameters() == {"mail-type": "END,FAIL", "exclusive": True, "mail-user": "me@lab.org"}
+    assert config.array_parallelism == 8
+    for bad, problem in [
+        ("--partition=gpu", "grid.sbatch_extra[0]: --partition: use grid.partition"),
+        ("--time=10", "grid.sbatch_extra[0]: --time: use time_min in grid.default/grid.stages"),
+        ("--output=/tmp/x", "grid.sbatch_extra[0]: --output: set by pgps grid"),
+        ("-p gpu", "grid.sbatch_extra[0]: must be one long sbatch option"),
+        ("--mail-type=END --exclusive", "grid.sbatch_extra[0]: must be one long sbatch option"),
+        ("--mail-type=END\n#SBATCH --exclusive", "grid.sbatch_extra[0]: must be one long sbatch option"),
+        ("--comment='x'", "grid.sbatch_extra[0]: must be one long sbatch option"),
+    ]:
+        with pytest.raises(PGPSError) as err:
+            parse_grid_section({"sbatch_extra": [bad]}, "params.yaml")
+        assert str(err.value).startswith(f"params.yaml: {problem}") and "\n" not in str(err.value), str(err.value)
+        with pytest.raises(PGPSError, match=r"^--sbatch-extra: "):
+            apply_flags(config, _flags([f"--sbatch-extra={bad}"]))
+    with pytest.raises(PGPSError, match=r"^--sbatch-extra: lists the option '--exclusive' twice"):
+        apply_flags(config, _flags(["--sbatch-extra=--exclusive"]))
+
+
+def test_flag_overrides_follow_the_file_rules_and_name_the_flag() -> None:
+    config = parse_grid_section({"stages": {"train": {"cpus": 4, "gpus": 1}}})
+    for argv, message in [
+        (["--cpus", "0"], "--cpus: must be >= 1, got 0"),
+        (["--gpus", "-1"], "--gpus: must be >= 0, got -1"),
+        (["--mem-gb", "nan"], "--mem-gb: must be a finite number, got nan"),
+        (["--time-min", "999999999"], "--time-min: must be <= 525600 (a year)"),
+        (["--signal-delay-s", "0"], "--signal-delay-s: must be >= 1, got 0"),
+        (["--array-parallelism", "0"], "--array-parallelism: must be >= 1, got 0"),
+    ]:
+        with pytest.raises(PGPSError) as err:
+            apply_flags(config, _flags(argv))
+        assert str(err.value).startswith(message), str(err.value)
+    same = apply_flags(config, _flags([]))
+    assert same == config and same.stages_explicit
+    assert validate_grid_overrides(config, {"cpus": 6}).resources("train") == Resources(6, 8.0, 1, 120)
 
 
 def test_cli_bad_request_is_one_line_exit_2(tmp_path: Path) -> None:

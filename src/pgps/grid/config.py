@@ -1,19 +1,24 @@
 """Resource requests of the grid: the ``grid:`` section of params.yaml, then command-line flags.
 
-Nothing about a cluster is hard-coded: partition, account, QoS, time limits, CPUs, memory and GPUs come
-from here, and ``gpus: 0`` requests no GPU gres at all (a cluster without gres rejects any GPU request).
+Nothing about a cluster is hard-coded: partition, account, QoS, constraint, time limits, CPUs, memory and
+GPUs come from here, and ``gpus: 0`` requests no GPU gres at all (a cluster without gres rejects any GPU
+request). The rules are :class:`pgps.schema.GridSection`'s, for the file and for the flags alike: every
+value that reaches an ``#SBATCH`` line is a whole-string match (no newline, no control character, no quote).
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pydantic import ValidationError
 
 from pgps.errors import PGPSError
+from pgps.schema import GridSection, ResourcesSpec, explain, validate
+from pgps.yamlfile import load_yaml
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,8 @@ class GridConfig:
     account: str | None = None
     qos: str | None = None
     gres: str | None = None  # e.g. "gpu:a100:1" where a site wants --gres instead of --gpus-per-node
+    constraint: str | None = None  # SLURM --constraint (node features, e.g. "a100&ib")
+    sbatch_extra: tuple[str, ...] = ()  # further sbatch options, each "--name" or "--name=value"
     default: Resources = Resources()
     # dvc.yaml stage name -> its own request (the GPU-heavy ones: training, prediction)
     stages: tuple[tuple[str, Resources], ...] = (
@@ -47,92 +54,97 @@ class GridConfig:
         """The request for jobs generated from dvc.yaml stage ``group``."""
         return dict(self.stages).get(group, self.default)
 
+    def sbatch_extra_parameters(self) -> dict[str, str | bool]:
+        """``sbatch_extra`` as submitit's ``slurm_additional_parameters`` (``--exclusive`` -> True)."""
+        pairs = (option.removeprefix("--").partition("=") for option in self.sbatch_extra)
+        return {name: value if sep else True for name, sep, value in pairs}
 
-_RES_KEYS = ("cpus", "mem_gb", "gpus", "time_min")
-_KEYS = (
+
+RESOURCE_KEYS = ("cpus", "mem_gb", "gpus", "time_min")
+SCALAR_KEYS = (
     "partition",
     "account",
     "qos",
     "gres",
-    "default",
-    "stages",
+    "constraint",
     "signal_delay_s",
     "max_requeues",
     "array_parallelism",
 )
 
 
-def _positive(where: str, value: Any, *, allow_zero: bool = False, kind: type = int) -> Any:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
-    if not ok or (kind is int and not float(value).is_integer()):
-        lower = ">= 0" if allow_zero else "> 0"
-        raise PGPSError(f"{where}: must be a number {lower}, got {value!r}")
-    return kind(value)
-
-
-def _resources(where: str, spec: Any, default: Resources) -> Resources:
+def _resources(spec: ResourcesSpec | None, default: Resources) -> Resources:
     if spec is None:
         return default
-    if not isinstance(spec, dict):
-        raise PGPSError(f"{where}: must be a mapping with keys {', '.join(_RES_KEYS)}, got {spec!r}")
-    unknown = sorted(set(spec) - set(_RES_KEYS))
-    if unknown:
-        raise PGPSError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(_RES_KEYS)})")
-    values = {k: getattr(default, k) for k in _RES_KEYS}
-    for key in ("cpus", "time_min"):
-        if key in spec:
-            values[key] = _positive(f"{where}.{key}", spec[key])
-    if "mem_gb" in spec:
-        values["mem_gb"] = _positive(f"{where}.mem_gb", spec["mem_gb"], kind=float)
-    if "gpus" in spec:
-        values["gpus"] = _positive(f"{where}.gpus", spec["gpus"], allow_zero=True)
-    return Resources(**values)
+    return replace(default, **{k: v for k, v in spec.model_dump().items() if v is not None})
 
 
-def parse_grid_section(section: Any, where: str = "params.yaml: grid") -> GridConfig:
-    """Validate the ``grid:`` mapping; each error names the file and the key."""
+def _config(section: GridSection) -> GridConfig:
+    base = GridConfig()
+    values: dict[str, Any] = {k: getattr(section, k) for k in SCALAR_KEYS if getattr(section, k) is not None}
+    values["sbatch_extra"] = tuple(section.sbatch_extra or ())
+    values["default"] = _resources(section.default, base.default)
+    if section.stages is not None:
+        values["stages"] = tuple((name, _resources(spec, values["default"])) for name, spec in section.stages.items())
+        values["stages_explicit"] = True
+    return replace(base, **values)
+
+
+def parse_grid_section(section: Any, file: str | Path = "params.yaml") -> GridConfig:
+    """Validate the ``grid:`` mapping; an error is one line ``<file>: grid.<key>: <problem>``."""
     if section is None:
         return GridConfig()
-    if not isinstance(section, dict):
-        raise PGPSError(f"{where}: must be a mapping, got {section!r}")
-    unknown = sorted(set(section) - set(_KEYS))
-    if unknown:
-        raise PGPSError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(_KEYS)})")
-    base = GridConfig()
-    values: dict[str, Any] = {}
-    for key in ("partition", "account", "qos", "gres"):
-        value = section.get(key)
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise PGPSError(f"{where}.{key}: must be a non-empty string or null, got {value!r}")
-        values[key] = value
-    values["default"] = _resources(f"{where}.default", section.get("default"), base.default)
-    stages = section.get("stages")
-    if stages is not None:
-        if not isinstance(stages, dict):
-            raise PGPSError(f"{where}.stages: must map dvc.yaml stage names to requests, got {stages!r}")
-        values["stages"] = tuple(
-            (str(name), _resources(f"{where}.stages.{name}", spec, values["default"])) for name, spec in stages.items()
-        )
-        values["stages_explicit"] = True
-    for key in ("signal_delay_s", "array_parallelism"):
-        if key in section:
-            values[key] = _positive(f"{where}.{key}", section[key])
-    if "max_requeues" in section:
-        values["max_requeues"] = _positive(f"{where}.max_requeues", section["max_requeues"], allow_zero=True)
-    return replace(base, **values)
+    return _config(validate(GridSection, section, str(file), prefix="grid"))
 
 
 def load_grid_config(params_file: Path) -> GridConfig:
     """The ``grid:`` section of ``params_file`` (defaults when the file has none)."""
-    try:
-        tree = yaml.safe_load(params_file.read_text()) or {}
-    except FileNotFoundError:
-        raise PGPSError(f"{params_file}: not found (run `pgps grid` in the repository root)") from None
-    except yaml.YAMLError as exc:
-        raise PGPSError(f"{params_file}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    tree = load_yaml(params_file)
+    if tree is None:
+        tree = {}
     if not isinstance(tree, dict):
         raise PGPSError(f"{params_file}: must be a mapping at the top level")
-    return parse_grid_section(tree.get("grid"), where=f"{params_file}: grid")
+    return parse_grid_section(tree.get("grid"), params_file)
+
+
+def _section(config: GridConfig) -> dict[str, Any]:
+    """``config`` back as a ``grid:`` mapping (the inverse of _config)."""
+    section: dict[str, Any] = {k: getattr(config, k) for k in SCALAR_KEYS}
+    section["sbatch_extra"] = list(config.sbatch_extra)
+    section["default"] = {k: getattr(config.default, k) for k in RESOURCE_KEYS}
+    section["stages"] = {name: {k: getattr(res, k) for k in RESOURCE_KEYS} for name, res in config.stages}
+    return section
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def validate_grid_overrides(config: GridConfig, overrides: Mapping[str, Any]) -> GridConfig:
+    """``config`` with ``overrides`` applied, checked by the same rules as params.yaml's grid: section.
+
+    Keys: any of SCALAR_KEYS, ``sbatch_extra`` (a list: added to the file's), and RESOURCE_KEYS (applied to
+    every stage in ``config.stages``). A bad value is one PGPSError line naming its flag (``--partition: ...``).
+    """
+    unknown = sorted(set(overrides) - {*SCALAR_KEYS, *RESOURCE_KEYS, "sbatch_extra"})
+    if unknown:
+        raise PGPSError(f"{_flag(unknown[0])}: not a grid setting")
+    section = _section(config)
+    for key in SCALAR_KEYS:
+        if key in overrides:
+            section[key] = overrides[key]
+    if "sbatch_extra" in overrides:
+        section["sbatch_extra"] = [*section["sbatch_extra"], *overrides["sbatch_extra"]]
+    resources = {k: overrides[k] for k in RESOURCE_KEYS if k in overrides}
+    for spec in section["stages"].values():
+        spec.update(resources)
+    try:
+        checked = GridSection.model_validate(section)
+    except ValidationError as exc:
+        loc, key, problem = explain(exc, GridSection)
+        named = next((k for k in (*loc, key) if isinstance(k, str) and k in overrides), None)
+        raise PGPSError(f"{_flag(named) if named else 'grid.' + key}: {problem}") from None
+    return replace(_config(checked), stages_explicit=config.stages_explicit)
 
 
 def add_resource_flags(parser: argparse.ArgumentParser) -> None:
@@ -142,30 +154,26 @@ def add_resource_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--account", help="SLURM account for every job")
     g.add_argument("--qos", help="SLURM quality of service for every job")
     g.add_argument("--gres", help="raw --gres for GPU jobs instead of --gpus-per-node (e.g. gpu:a100:1)")
+    g.add_argument("--constraint", help="SLURM --constraint (node features) for every job, e.g. a100")
     g.add_argument("--gpus", type=int, help="GPUs per job of the stages in grid.stages (0: CPU-only, no gres)")
     g.add_argument("--cpus", type=int, help="CPUs per job of the stages in grid.stages")
     g.add_argument("--mem-gb", type=float, help="memory (GB) per job of the stages in grid.stages")
     g.add_argument("--time-min", type=int, help="time limit (minutes) per job of the stages in grid.stages")
     g.add_argument("--signal-delay-s", type=int, help="seconds before the time limit to checkpoint and requeue")
+    g.add_argument("--array-parallelism", type=int, help="at most this many jobs of one array run at once")
+    g.add_argument(
+        "--sbatch-extra",
+        action="append",
+        metavar="OPTION",
+        help="one more sbatch option for every job, e.g. --sbatch-extra=--mail-type=END (repeatable)",
+    )
 
 
 def apply_flags(config: GridConfig, args: argparse.Namespace) -> GridConfig:
     """Flags win over params.yaml; each value checked like its params.yaml key."""
-    values: dict[str, Any] = {}
-    for key in ("partition", "account", "qos", "gres"):
-        if getattr(args, key, None):
-            values[key] = getattr(args, key)
-    override = {}
-    for flag, key in (("gpus", "gpus"), ("cpus", "cpus"), ("mem_gb", "mem_gb"), ("time_min", "time_min")):
-        value = getattr(args, flag, None)
+    overrides: dict[str, Any] = {}
+    for key in (*SCALAR_KEYS, *RESOURCE_KEYS, "sbatch_extra"):
+        value = getattr(args, key, None)
         if value is not None:
-            override[key] = value
-    if override:
-        stages = []
-        for name, res in config.stages:
-            spec = {k: getattr(res, k) for k in _RES_KEYS} | override
-            stages.append((name, _resources("command line", spec, res)))
-        values["stages"] = tuple(stages)
-    if getattr(args, "signal_delay_s", None) is not None:
-        values["signal_delay_s"] = _positive("--signal-delay-s", args.signal_delay_s)
-    return replace(config, **values)
+            overrides[key] = value
+    return validate_grid_overrides(config, overrides) if overrides else config

@@ -2,6 +2,11 @@
 
 A subprocess (not an in-process call) because nnU-Net reads ``nnUNet_raw``/``_preprocessed``/``_results``
 once, at import time: each stage points them at its own (temporary) folders.
+
+The environment is hermetic: what a user exported in the shell (``PGPS_TIME_BUDGET``, ``nnUNet_compile``,
+``OMP_NUM_THREADS``, ...) never reaches a pipeline run, because DVC caches the run under its params and
+code alone. Every variable that changes a result is removed and then set from params.yaml
+(:mod:`pgps.pipeline.run_settings`).
 """
 
 from __future__ import annotations
@@ -10,10 +15,23 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from pgps.errors import PGPSError
-from pgps.params import Params
+from pgps.params import Params, TrainerSpec
+from pgps.paths import TRAINERS_DIR
+from pgps.pipeline.run_settings import run_settings
+
+#: inherited variables no pipeline process sees. nnunetv2 2.8.1 reads nnUNet_raw/_preprocessed/_results/
+#: _extTrainer/_compile/_n_proc_DA/_def_n_proc/_npp/_nps/_wandb_* (tests/test_hermetic_runs.py greps its
+#: sources for more); the trainers read PGPS_*; the math libraries read their thread counts and CPU kernel
+#: choice; NVIDIA/torch switches change float results on GPUs.
+STRIPPED_PREFIXES = ("PGPS_", "NNUNET_", "OMP_", "MKL_", "OPENBLAS_", "GOTO_", "BLIS_", "VECLIB_", "NUMEXPR_")
+STRIPPED_PREFIXES += ("ONEDNN_", "DNNL_", "TORCHINDUCTOR_")
+STRIPPED_NAMES = frozenset(
+    {"ATEN_CPU_CAPABILITY", "NVIDIA_TF32_OVERRIDE", "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "CUBLAS_WORKSPACE_CONFIG"}
+)
 
 
 def script(name: str) -> str:
@@ -27,17 +45,27 @@ def script(name: str) -> str:
     return found
 
 
-def runtime_env(params: Params, **folders: Path) -> dict[str, str]:
-    """os.environ plus nnU-Net's folders and the run-time knobs from params.yaml (params win)."""
-    from pgps.paths import nnunet_env
+def stripped(name: str) -> bool:
+    """True for an inherited variable that must not reach a pipeline process (case-insensitive prefixes)."""
+    return name.upper().startswith(STRIPPED_PREFIXES) or name.upper() in STRIPPED_NAMES
 
-    env = dict(os.environ)
+
+def runtime_env(
+    params: Params, run: TrainerSpec | None = None, inherited: Mapping[str, str] | None = None, **folders: Path
+) -> dict[str, str]:
+    """THE environment of every nnU-Net process of the pipeline.
+
+    ``inherited`` (default: os.environ) minus every :func:`stripped` variable, plus nnU-Net's folders
+    (``nnUNet_raw=...`` etc. as keywords; the others stay unset), our trainers as ``nnUNet_extTrainer``, and
+    :func:`~pgps.pipeline.run_settings.run_settings` for ``run`` (None: a command outside any run, e.g.
+    planning: runtime variables only, no PGPS_* knob).
+    """
+    source = os.environ if inherited is None else inherited
+    env = {key: value for key, value in source.items() if not stripped(key)}
     env.update({key: str(Path(value).resolve()) for key, value in folders.items()})
-    env["nnUNet_extTrainer"] = nnunet_env(Path("data").resolve())["nnUNet_extTrainer"]
-    env["nnUNet_compile"] = "t" if params.runtime["compile"] else "f"
-    env["nnUNet_n_proc_DA"] = str(params.runtime["da_workers"])
-    env["nnUNet_def_n_proc"] = str(params.num_processes)
-    env.setdefault("PYTHONUNBUFFERED", "1")
+    env["nnUNet_extTrainer"] = str(TRAINERS_DIR)
+    env.update({key: value for key, value in run_settings(params, run).items() if value is not None})
+    env["PYTHONUNBUFFERED"] = "1"
     return env
 
 

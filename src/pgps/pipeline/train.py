@@ -7,7 +7,9 @@ class (the reduced-budget constant baselines) and nnU-Net's layout could not tel
 Crash safety: nnU-Net trains into ``.<out>.<key>.partial`` next to ``--out``; only a finished run (final
 checkpoint + validation summary) is renamed to ``--out``. If the stage is killed, ``dvc repro`` runs it again
 and training resumes from the partial run's latest checkpoint (``--c``) -- but only when ``<key>``, a hash of
-everything that determines the run (budget, trainer, seed, device, plans, split), is unchanged.
+everything that determines the run (trainer, device, every PGPS_* knob and runtime variable, plans, split), is
+unchanged. nnU-Net runs in the hermetic environment of :func:`pgps.pipeline.nnunet_cli.runtime_env`: nothing
+exported in the caller's shell changes the run.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pgps.params import PARAMS_FILE, Params, TrainerSpec, load_params
 from pgps.pipeline import nnunet_cli
 from pgps.pipeline.convert import dataset_dir
 from pgps.pipeline.plan import dataset_id
+from pgps.pipeline.run_settings import run_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,41 +37,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
 
 
-def trainer_env(params: Params, spec: TrainerSpec) -> dict[str, str]:
-    """The PGPS_* budget knobs the trainers read (nnU-Net's CLI passes no trainer arguments)."""
-    return {
-        "PGPS_NUM_EPOCHS": str(spec.budget.epochs),
-        "PGPS_ITERS_PER_EPOCH": str(spec.budget.iters_per_epoch),
-        "PGPS_VAL_ITERS": str(spec.budget.val_iters),
-        "PGPS_SEED": str(params.seed),
-        "PGPS_CODECARBON": params.codecarbon_country,
-        "PGPS_DRY_RUN": params.dry_run,
-    }
-
-
 def fold_dir(results_root: Path, trainer_class: str, configuration: str, fold: int) -> Path:
     """``<root>/DatasetNNN_Name/<Trainer>__nnUNetPlans__<conf>/fold_<k>`` (nnU-Net's layout)."""
     return dataset_dir(results_root) / f"{trainer_class}__nnUNetPlans__{configuration}" / f"fold_{fold}"
 
 
 def run_key(params: Params, spec: TrainerSpec, fold: int, dataset: Path) -> str:
-    """A hash of what determines the run, so a partial run is resumed only by the same run."""
+    """A hash of what determines the run, so a partial run is resumed only by the same run: the trainer, the
+    device, the configuration, the fold, every variable of its environment that params.yaml sets (the whole
+    budget, seed, runtime: :func:`run_settings`), and the plans, split and dataset description."""
     h = hashlib.sha256()
-    h.update(
-        json.dumps(
-            [
-                spec.trainer_class,
-                spec.budget.__dict__,
-                params.seed,
-                params.device,
-                params.dry_run,
-                params.codecarbon_country,
-                params.configuration,
-                params.runtime,
-                fold,
-            ]
-        ).encode()
-    )
+    identity = [spec.trainer_class, params.device, params.configuration, fold, run_settings(params, spec)]
+    h.update(json.dumps(identity, sort_keys=True).encode())
     for name in ("nnUNetPlans.json", "splits_final.json", "dataset.json"):
         if (dataset / name).is_file():
             h.update((dataset / name).read_bytes())
@@ -91,9 +71,8 @@ def train(params: Params, name: str, fold: int, preprocessed: Path, out: Path) -
     resume = any(partial.glob(f"Dataset*/*/fold_{fold}/checkpoint_*.pth"))
 
     env = nnunet_cli.runtime_env(
-        params, nnUNet_raw=preprocessed, nnUNet_preprocessed=preprocessed, nnUNet_results=partial
+        params, spec, nnUNet_raw=preprocessed, nnUNet_preprocessed=preprocessed, nnUNet_results=partial
     )
-    env.update(trainer_env(params, spec))
     cmd = [
         nnunet_cli.script("nnUNetv2_train"),
         str(dataset_id(dataset)),
