@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -51,3 +53,17 @@ def test_cli_rejects_bad_variant_cleanly(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["make-task", "--out", str(tmp_path), "--num-train", "1"]) == 2
     assert "at least 2 training cases" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_task_lists_import_without_numerical_libraries() -> None:
+    """Other code lists the tasks from MSD_MD5 and VARIANTS/TASK_VARIANT: that must not import torch, numpy,
+    nibabel or scipy (seconds on a loaded machine), only the standard library and pgps."""
+    code = (
+        "import sys\n"
+        "from pgps.data.msd import MSD_MD5\n"
+        "from pgps.data.synthetic import TASK_VARIANT, VARIANTS\n"
+        "heavy = sorted({'torch', 'numpy', 'nibabel', 'scipy', 'tqdm'} & set(sys.modules))\n"
+        "print(len(MSD_MD5), sorted(TASK_VARIANT), sorted(VARIANTS), heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "10 ['Task901_PGPSSynth', 'Task902_PGPSSynthAniso'] ['aniso', 'iso'] []"
