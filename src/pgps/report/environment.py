@@ -14,6 +14,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from pgps.report.aggregate import FoldRun
+
 PACKAGES = ("pgps", "torch", "torchvision", "nnunetv2", "dvc", "codecarbon", "numpy", "scipy", "matplotlib")
 
 
@@ -68,9 +70,10 @@ def cpu_energy_source() -> str:
     return "estimated from CPU TDP and load (no readable RAPL counters); RAM from a per-GB constant"
 
 
-def environment(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    modes = sorted({r["energy"].get("tracking_mode", "") for r in runs if r["energy"].get("tracked")} - {""})
-    cc_cpus = sorted({r["energy"].get("cpu_model", "") for r in runs if r["energy"].get("tracked")} - {""})
+def environment(folds: list[FoldRun]) -> dict[str, Any]:
+    energies = [f.timings.get("energy") or {} for f in folds]
+    modes = sorted({e.get("tracking_mode", "") for e in energies if e.get("tracked")} - {""})
+    cc_cpus = sorted({e.get("cpu_model", "") for e in energies if e.get("tracked")} - {""})
     return {
         "packages": {name: _version(name) for name in PACKAGES},
         "python": platform.python_version(),
@@ -78,9 +81,9 @@ def environment(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "git_commit": git_commit(),
         "cpu": f"{cpu_model()} ({os.cpu_count()} logical cores)",
         "gpu": gpu_models(),
-        "devices_used": sorted({r["device"] for r in runs}),
+        "devices_used": sorted({f.metrics["device"] for f in folds}),
         "codecarbon_tracking_mode": ", ".join(modes) or "not tracked",
         "codecarbon_cpu_energy": cpu_energy_source(),
-        "codecarbon_gpu_energy": "measured (NVML)" if any(r["energy"].get("gpu_model") for r in runs) else "no GPU",
+        "codecarbon_gpu_energy": "measured (NVML)" if any(e.get("gpu_model") for e in energies) else "no GPU",
         "codecarbon_cpu_model": ", ".join(cc_cpus) or "n/a",
     }

@@ -1,7 +1,8 @@
 """PNG plots (matplotlib, headless) and the CSV tables DVC renders as interactive plots.
 
-Learning curves (pseudo Dice vs epoch and vs wall time), the curriculum (voxels per training sample vs epoch)
-and runtime / CO2 bars, one colour per run, the baseline always drawn black so it is found at a glance.
+Learning curves (pseudo Dice vs epoch and vs training wall time), the curriculum (voxels per training sample vs
+epoch), runtime / CO2 bars and where the training time went, one colour per run, the baseline always drawn black
+so it is found at a glance.
 """
 
 from __future__ import annotations
@@ -13,17 +14,21 @@ from pathlib import Path
 from typing import Any
 
 from pgps import fileio
+from pgps.report.aggregate import FoldRun, Results
+from pgps.report.records import BREAKDOWN_KEYS
 
-PNGS = ("learning_curves.png", "curriculum.png", "runtime_co2.png")
+PNGS = ("learning_curves.png", "curriculum.png", "runtime_co2.png", "time_breakdown.png")
+Runs = dict[str, dict[str, list[FoldRun]]]
 
 
-def _mean_curve(folds: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    """Average a per-epoch quantity over folds (folds share the epoch grid)."""
+def _mean_curve(folds: list[FoldRun], key: str) -> tuple[list[int], list[float]]:
+    """Average a per-epoch quantity over folds (folds share the epoch grid; missing values skipped)."""
     by_epoch: dict[int, list[float]] = defaultdict(list)
     for f in folds:
-        for p in f["curve"]:
+        for p in f.curve():
             value = p["patch_voxels"] * p["batch_size"] if key == "batch_voxels" else p[key]
-            by_epoch[p["epoch"]].append(value)
+            if value is not None:
+                by_epoch[p["epoch"]].append(value)
     epochs = sorted(by_epoch)
     return epochs, [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs]
 
@@ -43,9 +48,7 @@ def _save(fig: Any, path: Path) -> None:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
 
 
-def render_pngs(
-    runs: dict[str, dict[str, list[dict[str, Any]]]], metrics: dict[str, Any], baseline: str, out: Path
-) -> list[str]:
+def render_pngs(runs: Runs, results: Results, out: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,6 +57,7 @@ def render_pngs(
 
     tasks = list(runs)
     names = list(next(iter(runs.values())))
+    baseline = results.baseline
     colors = _colors(names, baseline)
     style = {"linewidth": 2, "marker": "o", "markersize": 4}
 
@@ -61,9 +65,11 @@ def render_pngs(
     for row, task in enumerate(tasks):
         for name, folds in runs[task].items():
             epochs, dice = _mean_curve(folds, "pseudo_dice")
-            _, elapsed = _mean_curve(folds, "elapsed_s")
+            at, elapsed = _mean_curve(folds, "elapsed_s")
             axes[row][0].plot(epochs, dice, color=colors[name], label=name, **style)
-            axes[row][1].plot(elapsed, dice, color=colors[name], label=name, **style)
+            by_epoch = dict(zip(epochs, dice))
+            timed = [(x, by_epoch[e]) for e, x in zip(at, elapsed) if e in by_epoch]
+            axes[row][1].plot([x for x, _ in timed], [y for _, y in timed], color=colors[name], label=name, **style)
         axes[row][0].set(title=f"{task}: pseudo Dice vs epoch", xlabel="epoch", ylabel="pseudo Dice (fg mean)")
         axes[row][1].set(
             title=f"{task}: pseudo Dice vs wall time", xlabel="training wall time (s)", ylabel="pseudo Dice (fg mean)"
@@ -112,7 +118,7 @@ def render_pngs(
 
     fig, axes = plt.subplots(len(tasks), 2, figsize=(12, 0.6 * len(names) * len(tasks) + 2.5), squeeze=False)
     for row, task in enumerate(tasks):
-        rows = metrics["tasks"][task]
+        rows = results.timing[task]
         labels = list(rows)
         for col, (key, title) in enumerate((("train_time_s", "training time (s)"), ("co2_kg", "kg CO2eq"))):
             ax = axes[row][col]
@@ -125,7 +131,39 @@ def render_pngs(
             ax.grid(axis="x", alpha=0.3)
     _save(fig, out / "runtime_co2.png")
     plt.close(fig)
+    _time_breakdown(results, out / "time_breakdown.png")
     return list(PNGS)
+
+
+def _time_breakdown(results: Results, path: Path) -> None:
+    """Stacked bars of the training clock's parts per run; final validation drawn apart (not training)."""
+    import matplotlib.pyplot as plt
+
+    cmap = plt.get_cmap("Set2")
+    parts = [*BREAKDOWN_KEYS, "final_validation"]
+    fig, axes = plt.subplots(
+        len(results.tasks), 1, figsize=(12, 0.6 * len(results.names) * len(results.tasks) + 2.5), squeeze=False
+    )
+    for row, task in enumerate(results.tasks):
+        ax = axes[row][0]
+        labels = list(results.names)
+        left = [0.0] * len(labels)
+        for i, part in enumerate(parts):
+            values = []
+            for name in labels:
+                t = results.timing[task][name]
+                value = t["final_validation_s"] if part == "final_validation" else t["breakdown_s"][part]
+                values.append(value or 0.0)
+            hatch = "//" if part == "final_validation" else None
+            label = part.replace("_", " ") + (" (not training time)" if part == "final_validation" else "")
+            ax.barh(labels, values, left=left, color=cmap(i % 8), hatch=hatch, edgecolor="white", label=label)
+            left = [a + b for a, b in zip(left, values)]
+        ax.set(title=f"{task}: where the training time went (sum over folds)", xlabel="seconds")
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
 
 
 def _bar_label(row: dict[str, Any], key: str, is_baseline: bool) -> str:
@@ -147,7 +185,7 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return buf.getvalue()
 
 
-def write_plot_data(runs: dict[str, dict[str, list[dict[str, Any]]]], metrics: dict[str, Any], out: Path) -> None:
+def write_plot_data(runs: Runs, results: Results, out: Path) -> None:
     """CSV files DVC's `plots` section renders (`dvc plots show`)."""
     curve_cols = [
         "task",
@@ -164,17 +202,17 @@ def write_plot_data(runs: dict[str, dict[str, list[dict[str, Any]]]], metrics: d
         "val_loss",
     ]
     curve_rows = [
-        {"task": task, "run": name, "fold": f["fold"], **{c: p[c] for c in curve_cols[3:]}}
+        {"task": task, "run": name, "fold": f.fold, **{c: p[c] for c in curve_cols[3:]}}
         for task, by_run in runs.items()
         for name, folds in by_run.items()
         for f in folds
-        for p in f["curve"]
+        for p in f.curve()
     ]
     fileio.write_text(out / "learning_curves.csv", _csv(curve_rows, curve_cols))
-    bar_cols = ["task", "run", "train_time_s", "energy_kwh", "co2_kg", "dice_mean"]
+    bar_cols = ["task", "run", "train_time_s", "time_ratio", "energy_kwh", "co2_kg", "co2_ratio"]
     bar_rows = [
-        {"task": task, "run": name, **{c: r[c] for c in bar_cols[2:]}}
-        for task, rows in metrics["tasks"].items()
+        {"task": task, "run": name, **{c: r.get(c) for c in bar_cols[2:]}}
+        for task, rows in results.timing.items()
         for name, r in rows.items()
     ]
     fileio.write_text(out / "runtime_co2.csv", _csv(bar_rows, bar_cols))
