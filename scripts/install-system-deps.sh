@@ -4,6 +4,7 @@ set -euo pipefail
 pkgs=()
 command -v dockerd >/dev/null && [ -x /usr/bin/docker ] || pkgs+=(docker.io)
 command -v debootstrap >/dev/null || pkgs+=(debootstrap)
+[ -x /usr/bin/chromium ] || pkgs+=(chromium)  # headless browser: tests/test_report_html.py renders report.html
 # SLURM test cluster (scripts/slurm/): Debian's slurm + munge + accounting (slurmdbd on MariaDB-core, not the
 # full mariadb-server, which upgrades perl-base)
 for p in slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client munged:munge slurmdbd:slurmdbd \

@@ -20,54 +20,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from pgps.errors import PGPSError
 from pgps.params import load_params
 from pgps.pipeline.evaluate import evaluate
 from pgps.report.build import build
 from pgps.report.tables import readme_table
-from report_fixtures import TASK, write_fold
+from report_fixtures import BASE_CASES, CASES, PGPS_CASES, TASK, train_and_evaluate, write_fold, write_params
+from report_fixtures import record as run_record
 
-ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PNGS = ["curriculum.png", "learning_curves.png", "runtime_co2.png", "time_breakdown.png"]
-
-CASES = [f"case_{i:03d}" for i in range(8)]
-BASE_CASES = [0.60, 0.62, 0.58, 0.70, 0.66, 0.61, 0.64, 0.59]
-PGPS_CASES = [0.65, 0.66, 0.63, 0.73, 0.70, 0.67, 0.69, 0.64]  # all 8 better: exact two-sided p = 2/2**8
-# run -> (trainer class, per-case Dice, seconds per epoch per fold (4 epochs), kg CO2 per fold, voxel fraction)
-SPECS = {
-    "constant": ("nnUNetTrainerConstant", BASE_CASES, [25.0, 27.5], [2e-4, 2.2e-4], 1.0),
-    "pgps": ("nnUNetTrainerPGPS", PGPS_CASES, [12.5, 15.0], [1e-4, 1.1e-4], 0.4),
-}
-
-
-def _params(ws: Path, folds: list[int], profile: str = "full") -> Path:
-    tree = yaml.safe_load((ROOT / "params.yaml").read_text())
-    tree.update(profile=profile, folds=folds)
-    tree["trainers"] = {run: {"class": spec[0]} for run, spec in SPECS.items()}
-    path = ws / "params.yaml"
-    path.write_text(yaml.safe_dump(tree, sort_keys=False))
-    return path
-
-
-def _train_and_evaluate(ws: Path, folds: list[int]) -> None:
-    """What `pgps train` leaves (hand-built), then the real `pgps evaluate` on it."""
-    params = load_params(ws / "params.yaml")
-    for run, (cls, per_case, epoch_s, co2, vf) in SPECS.items():
-        for fold in folds:
-            cases = {CASES[i]: per_case[i] for i in range(fold * 4, fold * 4 + 4)}
-            root = ws / "data" / "nnUNet_results" / TASK / run / f"fold_{fold}"
-            write_fold(root, cls, fold, cases, epoch_s=epoch_s[fold], co2_kg=co2[fold], voxel_fraction=vf)
-            out = ws / "results" / "runs" / TASK / run / f"fold_{fold}"
-            evaluate(params, root, TASK, run, fold, ws / "raw", None, out)
 
 
 @pytest.fixture()
 def workspace(tmp_path: Path) -> Path:
-    _params(tmp_path, [0, 1])
-    _train_and_evaluate(tmp_path, [0, 1])
+    write_params(tmp_path, [0, 1])
+    train_and_evaluate(tmp_path, [0, 1])
     return tmp_path
 
 
@@ -123,7 +92,7 @@ def test_evaluate_takes_the_training_clock_and_keeps_times_apart(workspace: Path
 
 
 def test_evaluate_resumed_run_counts_sessions_not_the_dead_time(tmp_path: Path) -> None:
-    _params(tmp_path, [0])
+    write_params(tmp_path, [0])
     root = tmp_path / "run"
     write_fold(root, "nnUNetTrainerPGPS", 0, {"a": 0.5}, epoch_s=10.0, resume_after=2, dead_s=500.0, lost_s=7.0)
     _, timings = evaluate(load_params(tmp_path / "params.yaml"), root, TASK, "pgps", 0, tmp_path, None, tmp_path / "o")
@@ -135,7 +104,7 @@ def test_evaluate_resumed_run_counts_sessions_not_the_dead_time(tmp_path: Path) 
 
 def test_evaluate_refuses_a_record_without_clock(tmp_path: Path) -> None:
     """An old run (no clock): one line naming the record, nothing written, no silent fallback."""
-    _params(tmp_path, [0])
+    write_params(tmp_path, [0])
     root = tmp_path / "run"
     fold = write_fold(root, "nnUNetTrainerPGPS", 0, {"a": 0.5})
     record = json.loads((fold / "pgps_record.json").read_text())
@@ -151,7 +120,7 @@ def test_evaluate_refuses_a_record_without_clock(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "pgps_record.json: no 'clock'" in proc.stderr and not out.exists()
     # a clock whose parts do not add up is refused as well
-    record["clock"] = json.loads(json.dumps(write_fold.__globals__["record"](4, 10.0, 1.0)["clock"]))
+    record["clock"] = run_record(4, 10.0, 1.0)["clock"]
     record["clock"]["breakdown_s"]["other"] += 5.0
     (fold / "pgps_record.json").write_text(json.dumps(record))
     with pytest.raises(PGPSError, match=r"pgps_record\.json: clock\.breakdown_s sums to 45\.000"):
@@ -159,7 +128,7 @@ def test_evaluate_refuses_a_record_without_clock(tmp_path: Path) -> None:
 
 
 def test_tracking_mode_falls_back_to_codecarbon_rows(tmp_path: Path) -> None:
-    _params(tmp_path, [0])
+    write_params(tmp_path, [0])
     root = tmp_path / "run"
     write_fold(root, "nnUNetTrainerPGPS", 0, {"a": 0.5}, tracking_mode=None)
     _, timings = evaluate(load_params(tmp_path / "params.yaml"), root, TASK, "pgps", 0, tmp_path, None, tmp_path / "o")
@@ -240,8 +209,8 @@ def test_html_is_one_self_contained_page_with_the_same_content(workspace: Path) 
 
 
 def test_one_fold_has_no_spread(tmp_path: Path) -> None:
-    _params(tmp_path, [0], profile="smoke")
-    _train_and_evaluate(tmp_path, [0])
+    write_params(tmp_path, [0], profile="smoke")
+    train_and_evaluate(tmp_path, [0])
     _build(tmp_path)
     metrics = json.loads((tmp_path / "results" / "metrics.json").read_text())
     assert metrics[TASK]["pgps"]["dice_std"] is None and _numbers_only(metrics)

@@ -22,10 +22,6 @@ PLOT_CAPTIONS = {
 }
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def _banner(results: Results) -> list[Block]:
     if results.converged:
         return []
@@ -44,7 +40,7 @@ def _intro(results: Results) -> Paragraph:
         "held-out fold (final validation, sliding window at the full planned patch), mean ± std over folds. "
         f"Training time: {CLOCK_DEFINITION}. Energy and CO2: codecarbon over the same training spans. Tests: "
         f"two-sided Wilcoxon signed-rank on per-case Dice, direction from the per-case differences, Holm-corrected "
-        f"over all {_count(results.family_size, 'comparison')} of this report, α = {results.alpha:g}."
+        f"over all comparisons of this report ({results.family_size}), α = {results.alpha:g}."
     )
 
 
