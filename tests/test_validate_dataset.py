@@ -17,84 +17,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from dataset_builders import SHAPE, image_array, label_array, make_msd, make_nnunet, snapshot, write_nifti
 from pgps.cli import main as cli
 from pgps.data.validate import detect_layout, validate_msd_task, validate_nnunet_raw
 
-SHAPE = (6, 7, 8)
 PGPS = [sys.executable, "-m", "pgps.cli"]
 
 
-# ------------------------------------------------------------------ builders
-def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), path)
-    return path
-
-
-def _image(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    return rng.normal(size=shape).astype(np.float32)
-
-
-def _label(rng: np.random.Generator, shape: tuple[int, ...] = SHAPE, top: int = 2) -> np.ndarray:
-    lab = rng.integers(0, top + 1, size=shape).astype(np.uint8)
-    lab.flat[: top + 1] = np.arange(top + 1)  # every declared value present
-    return lab
-
-
-def make_msd(root: Path, name: str = "Task09_Spleen", cases: int = 3, channels: int = 1) -> Path:
-    """An MSD-layout task; channels > 1 gives 4D images like BrainTumour. No 'release' key, like Task04's typo."""
-    rng = np.random.default_rng(1)
-    task = root / name
-    training = []
-    for i in range(cases):
-        fn = f"case_{i:03d}.nii.gz"
-        write_nifti(task / "imagesTr" / fn, _image(rng, SHAPE + ((channels,) if channels > 1 else ())))
-        write_nifti(task / "labelsTr" / fn, _label(rng))
-        training.append({"image": f"./imagesTr/{fn}", "label": f"./labelsTr/{fn}"})
-    write_nifti(task / "imagesTs" / "case_900.nii.gz", _image(rng, SHAPE + ((channels,) if channels > 1 else ())))
-    (task / "imagesTr" / "._case_000.nii.gz").write_bytes(b"\x00\x05\x16\x07Mac OS X")  # resource fork: ignored
-    dataset = {
-        "name": name.split("_", 1)[1],
-        "modality": {str(c): f"MR{c}" for c in range(channels)},
-        "labels": {"0": "background", "1": "organ", "2": "lesion"},
-        "numTraining": cases,
-        "numTest": 1,
-        "relaese": "typo as in Task04",
-        "training": training,
-        "test": ["./imagesTs/case_900.nii.gz"],
-    }
-    (task / "dataset.json").write_text(json.dumps(dataset, indent=1))
-    return task
-
-
-def make_nnunet(root: Path, name: str = "Dataset009_Spleen", cases: int = 3, channels: int = 2) -> Path:
-    """An nnU-Net v2 raw dataset: one 3D file per channel (_0000, _0001), labels under labelsTr."""
-    rng = np.random.default_rng(2)
-    ds = root / name
-    for i in range(cases):
-        for c in range(channels):
-            write_nifti(ds / "imagesTr" / f"case_{i:03d}_{c:04d}.nii.gz", _image(rng, SHAPE))
-        write_nifti(ds / "labelsTr" / f"case_{i:03d}.nii.gz", _label(rng))
-    dataset = {
-        "channel_names": {str(c): f"MR{c}" for c in range(channels)},
-        "labels": {"background": 0, "organ": 1, "lesion": 2},
-        "numTraining": cases,
-        "file_ending": ".nii.gz",
-    }
-    (ds / "dataset.json").write_text(json.dumps(dataset, indent=1))
-    return ds
-
-
-def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """Every file and folder under ``folder`` with its size and mtime: validation must change none of them."""
-    out = {}
-    for base, dirs, files in os.walk(folder):
-        for n in dirs + files:
-            st = os.lstat(os.path.join(base, n))
-            out[os.path.relpath(os.path.join(base, n), folder)] = (st.st_size, st.st_mtime_ns)
-    return out
-
-
+# ------------------------------------------------------------------ helpers
 def edit_json(folder: Path, change: Callable[[dict], None]) -> None:
     data = json.loads((folder / "dataset.json").read_text())
     change(data)
@@ -195,7 +125,7 @@ def test_whole_process_exit_code_and_one_line(tmp_path):
     task = make_msd(tmp_path)
     ok = subprocess.run([*PGPS, "validate-dataset", str(task)], capture_output=True, text=True)
     assert ok.returncode == 0 and ok.stdout.startswith(f"{task}: OK"), ok.stderr
-    write_nifti(task / "labelsTr" / "case_001.nii.gz", _label(np.random.default_rng(0), top=4))
+    write_nifti(task / "labelsTr" / "case_001.nii.gz", label_array(np.random.default_rng(0), top=4))
     bad = subprocess.run([*PGPS, "validate-dataset", str(task)], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip() == (
@@ -283,7 +213,7 @@ def test_msd_listed_test_image_does_not_exist(tmp_path, capsys):
 
 def test_msd_image_without_label_on_disk(tmp_path, capsys):
     task = make_msd(tmp_path)
-    write_nifti(task / "imagesTr" / "case_050.nii.gz", _image(np.random.default_rng(0), SHAPE))
+    write_nifti(task / "imagesTr" / "case_050.nii.gz", image_array(np.random.default_rng(0), SHAPE))
     expect_error(capsys, task, task / "imagesTr" / "case_050.nii.gz", "image without label (no labelsTr/case_050")
 
 
@@ -295,15 +225,15 @@ def test_msd_training_entry_without_label(tmp_path, capsys):
 
 def test_msd_label_without_image(tmp_path, capsys):
     task = make_msd(tmp_path)
-    write_nifti(task / "labelsTr" / "case_060.nii.gz", _label(np.random.default_rng(0)))
+    write_nifti(task / "labelsTr" / "case_060.nii.gz", label_array(np.random.default_rng(0)))
     expect_error(capsys, task, task / "labelsTr" / "case_060.nii.gz", "label without image")
 
 
 def test_msd_unlisted_training_image(tmp_path, capsys):
     task = make_msd(tmp_path)
     rng = np.random.default_rng(0)
-    write_nifti(task / "imagesTr" / "case_070.nii.gz", _image(rng, SHAPE))
-    write_nifti(task / "labelsTr" / "case_070.nii.gz", _label(rng))
+    write_nifti(task / "imagesTr" / "case_070.nii.gz", image_array(rng, SHAPE))
+    write_nifti(task / "labelsTr" / "case_070.nii.gz", label_array(rng))
     expect_error(capsys, task, task / "imagesTr" / "case_070.nii.gz", "not listed in dataset.json 'training'")
 
 
@@ -321,7 +251,7 @@ def test_msd_labels_without_background(tmp_path, capsys):
 
 def test_msd_wrong_channel_count(tmp_path, capsys):
     task = make_msd(tmp_path, "Task01_BrainTumour", channels=4)
-    write_nifti(task / "imagesTr" / "case_001.nii.gz", _image(np.random.default_rng(0), (*SHAPE, 3)))
+    write_nifti(task / "imagesTr" / "case_001.nii.gz", image_array(np.random.default_rng(0), (*SHAPE, 3)))
     expect_error(
         capsys,
         task,
@@ -345,7 +275,7 @@ LAYOUTS = pytest.mark.parametrize("layout", ["msd", "nnunet"])
 def test_shape_mismatch(tmp_path, capsys, layout):
     folder = BUILD[layout](tmp_path)
     image, label = _files(folder, layout)  # nnU-Net: channel _0001 disagrees while _0000 matches
-    write_nifti(image, _image(np.random.default_rng(0), (6, 7, 9)))
+    write_nifti(image, image_array(np.random.default_rng(0), (6, 7, 9)))
     expect_error(capsys, folder, image, f"shape (6, 7, 9) does not match its label {label} (6, 7, 8)")
 
 
@@ -353,7 +283,7 @@ def test_shape_mismatch(tmp_path, capsys, layout):
 def test_spacing_mismatch(tmp_path, capsys, layout):
     folder = BUILD[layout](tmp_path)
     image, label = _files(folder, layout)
-    write_nifti(image, _image(np.random.default_rng(0), SHAPE), np.diag([1.0, 1.0, 2.5, 1.0]))
+    write_nifti(image, image_array(np.random.default_rng(0), SHAPE), np.diag([1.0, 1.0, 2.5, 1.0]))
     expect_error(capsys, folder, image, f"spacing (1, 1, 2.5) does not match its label {label} (1, 1, 1)")
 
 
@@ -361,7 +291,7 @@ def test_spacing_mismatch(tmp_path, capsys, layout):
 def test_orientation_mismatch(tmp_path, capsys, layout):
     folder = BUILD[layout](tmp_path)
     image, label = _files(folder, layout)
-    write_nifti(image, _image(np.random.default_rng(0), SHAPE), np.diag([-1.0, 1.0, 1.0, 1.0]))  # x flipped
+    write_nifti(image, image_array(np.random.default_rng(0), SHAPE), np.diag([-1.0, 1.0, 1.0, 1.0]))  # x flipped
     expect_error(capsys, folder, image, f"orientation LAS (affine direction) does not match its label {label} RAS")
 
 
@@ -371,7 +301,7 @@ def test_small_rotation_is_an_orientation_mismatch(tmp_path, capsys):
     image, label = _files(task, "msd")
     c, s = np.cos(np.radians(10)), np.sin(np.radians(10))
     rot = np.array([[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
-    write_nifti(image, _image(np.random.default_rng(0), SHAPE), rot)
+    write_nifti(image, image_array(np.random.default_rng(0), SHAPE), rot)
     expect_error(
         capsys,
         task,
@@ -385,7 +315,7 @@ def test_small_rotation_is_an_orientation_mismatch(tmp_path, capsys):
 def test_undeclared_label_value(tmp_path, capsys, layout):
     folder = BUILD[layout](tmp_path)
     _, label = _files(folder, layout)
-    write_nifti(label, _label(np.random.default_rng(0), top=3))
+    write_nifti(label, label_array(np.random.default_rng(0), top=3))
     expect_error(
         capsys, folder, label, "label value(s) [3] not declared in dataset.json 'labels' (declared: [0, 1, 2])"
     )
@@ -396,7 +326,7 @@ def test_undeclared_label_value(tmp_path, capsys, layout):
 def test_nan_or_inf_in_image(tmp_path, capsys, layout, bad):
     folder = BUILD[layout](tmp_path)
     image, _ = _files(folder, layout)
-    arr = _image(np.random.default_rng(0), nib.load(image).shape)
+    arr = image_array(np.random.default_rng(0), nib.load(image).shape)
     arr.flat[[3, 10]] = bad
     write_nifti(image, arr)
     want = "2 NaN and 0 Inf" if np.isnan(bad) else "0 NaN and 2 Inf"
@@ -418,7 +348,9 @@ def test_truncated_nifti_data(tmp_path, capsys, layout):
     _, label = _files(folder, layout)
     raw = gzip.decompress(label.read_bytes())
     label.write_bytes(gzip.compress(raw[: 352 + 10]))
-    expect_error(capsys, folder, label, "not a readable NIfTI (voxel data:")
+    expect_error(
+        capsys, folder, label, "header claims (6, 7, 8) voxels of uint8 (336 bytes) but the file decompresses to 10"
+    )
 
 
 # ------------------------------------------------------------------ nnU-Net raw layout: every bad input
@@ -507,7 +439,7 @@ def test_nnunet_unsupported_file_ending(tmp_path, capsys):
 def test_nnunet_channel_must_be_3d(tmp_path, capsys):
     ds = make_nnunet(tmp_path)
     image = ds / "imagesTr" / "case_000_0000.nii.gz"
-    write_nifti(image, _image(np.random.default_rng(0), (*SHAPE, 2)))
+    write_nifti(image, image_array(np.random.default_rng(0), (*SHAPE, 2)))
     expect_error(capsys, ds, image, "image must be 3D (one file per channel), got shape (6, 7, 8, 2)")
 
 
