@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 
 from pgps.budget import (
     additive_correction,
-    epoch_spans,
     final_stage_epochs_left,
     plan_epochs,
     split_with_full_share,
@@ -71,13 +70,6 @@ def test_prior_epochs_count_towards_the_full_share() -> None:
     plan = plan_epochs([1.0, 2.0, 4.0], budget_seconds=100.0, min_full_share=0.25, prior_epochs=40)
     assert plan.stage_epochs[-1] >= 0.25 * (40 + plan.num_epochs)
     assert plan.predicted_seconds <= 100.0 and plan.num_epochs == 35
-
-
-def test_epoch_spans_count_between_epoch_work_but_not_dead_time() -> None:
-    starts = [0.0, 10.0, 21.0, 500.0, 512.0]  # killed during epoch 2's bookkeeping, resumed at epoch 3
-    ends = [9.0, 20.0, 30.0, 510.0, 520.0]
-    assert epoch_spans(starts, ends, {3}) == [10.0, 11.0, 9.0, 12.0, 8.0]
-    assert epoch_spans(starts[:2], ends[:2]) == [10.0, 10.0]
 
 
 def test_additive_correction_spreads_the_miss_over_the_epochs() -> None:

@@ -78,6 +78,41 @@ def test_network_saw_the_schedule_and_validated_at_full_patch(root: Path, refere
     assert "foreground_mean" in summary
 
 
+def test_clock_covers_epoch_end_work_and_energy_covers_the_clock(reference: Path) -> None:
+    """One training clock (CONTRACTS.md): epochs end after nnU-Net's on_epoch_end work, the phases
+    of every epoch are recorded, the final validation is timed apart, codecarbon spans the clock."""
+    rec = read_record(reference)
+    clock, epochs = rec["clock"], rec["epochs"]
+    assert clock["train_wall_s"] == pytest.approx(epochs[-1]["epoch_end"] - epochs[0]["epoch_start"])
+    assert clock["sessions"] == [
+        {"first_epoch": 0, "last_epoch": 5, "start": epochs[0]["epoch_start"], "end": epochs[-1]["epoch_end"]}
+    ]
+    assert (clock["dead_s"], clock["lost_s"]) == (0.0, 0.0)
+    assert sum(clock["breakdown_s"].values()) == pytest.approx(clock["train_wall_s"])
+    assert 0 <= clock["breakdown_s"]["other"] < 0.5 * clock["train_wall_s"]
+    assert clock["final_validation_s"] > 0  # nnUNetv2_train validated after training
+    for e in epochs:
+        t = e["timing_s"]
+        assert set(t) == {"network_steps", "loader_wait", "validation", "epoch_end", "stage_switch"}
+        assert t["network_steps"] > 0 and t["validation"] > 0 and t["loader_wait"] > 0
+        assert t["epoch_end"] > 0 and t["stage_switch"] > 0  # 6 epochs of a 6-stage curriculum: a switch each
+        assert sum(t.values()) <= e["epoch_end"] - e["epoch_start"] + 1e-3
+        assert e["wall_time"] == pytest.approx(e["epoch_end"] - e["epoch_start"])
+    # the best checkpoint is written inside on_epoch_end: before that epoch's recorded end
+    assert (reference / "checkpoint_best.pth").stat().st_mtime <= max(e["epoch_end"] for e in epochs)
+    cfg = json.loads((reference / "pgps_config.json").read_text())
+    assert cfg["codecarbon"] == {"country": "DEU", "tracking_mode": "process"}
+    with open(reference / "emissions.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["tracking_mode"] == "process"
+    # the stage tasks run from the first epoch's stage switch to the tracker's stop right after the last
+    # epoch's end (the total row's "duration" is not usable: codecarbon 3.3.2 restarts it at every start_task)
+    (tasks,) = [p for p in reference.glob("emissions_*.csv") if p.name != "emissions.csv"]
+    with open(tasks, newline="") as fh:
+        tracked = sum(float(t["duration"]) for t in csv.DictReader(fh))
+    assert tracked == pytest.approx(clock["train_wall_s"], abs=1.0 + 0.02 * clock["train_wall_s"])
+
+
 def test_progress_png_drawn_after_the_last_epoch(reference: Path) -> None:
     """Throttled drawing (pgps.nnunet.progress) still leaves the final state on disk, whole."""
     png = reference / "progress.png"

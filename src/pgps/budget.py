@@ -10,7 +10,6 @@ most epochs: more optimisation steps for the same wall clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
 from dataclasses import dataclass
 
 from pgps.schedule import ScheduleError
@@ -88,18 +87,6 @@ def plan_epochs(
 
 
 # ---------------------------------------------------------------- closed loop (re-planning while training)
-def epoch_spans(starts: list[float], ends: list[float], resumed_at: Collection[int] = ()) -> list[float]:
-    """Training seconds each epoch cost: start to the next epoch's start (checkpointing, plotting and
-    a stage's loader build between epochs included), the last one to its end. An epoch followed by
-    a resume ends at its own end: the time the run lay dead after a kill is not training time.
-    ``starts``/``ends`` are indexed by epoch from 0; ``resumed_at`` holds the epochs a run resumed at."""
-    spans = []
-    for i, (start, end) in enumerate(zip(starts, ends)):
-        nxt = starts[i + 1] if i + 1 < len(starts) and i + 1 not in resumed_at else end
-        spans.append(nxt - start)
-    return spans
-
-
 def additive_correction(actual_seconds: float, predicted_seconds: float, epochs: int) -> float:
     """Per-epoch cost the warm-up missed (progress plotting, logging, the record, cache effects of
     real data): spread evenly over the epochs trained so far. Additive, not a factor: what the

@@ -20,15 +20,16 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from pgps import fileio
 from pgps.errors import PGPSError
+from pgps.nnunet.clock import PhaseTimes
 from pgps.nnunet.compiling import configure_static_recompiles
 from pgps.nnunet.dryrun import dry_run, unwrap
-from pgps.nnunet.energy import StageEnergy
+from pgps.nnunet.energy import StageEnergy, tracking_mode
 from pgps.nnunet.geometry import poolings_from_strides, rank_batch_sizes, rank_oversample
 from pgps.nnunet.knobs import read_knobs
 from pgps.nnunet.loaders import PatchSwitch, build_train_loader, finish_loader
 from pgps.nnunet.norm import make_instance_norm_one_voxel_safe
 from pgps.nnunet.progress import ThrottledProgressPlot
-from pgps.nnunet.record import RunRecord, ShapeTally
+from pgps.nnunet.record import RunRecord, ShapeTally, record_final_validation
 from pgps.nnunet.seeding import seed_everything
 from pgps.nnunet.timebudget import actual_stage_seconds, apply_plan, make_plan, replan
 from pgps.schedule import Schedule, ScheduleError, build_schedule
@@ -101,6 +102,7 @@ class PGPSTrainerBase(nnUNetTrainer):
         self.pgps_dry_runs: list[dict] = []
         self.pgps_time_plan: dict | None = None  # PGPS_TIME_BUDGET: measured once, then from the checkpoint
         self._pgps_plot: ThrottledProgressPlot | None = None
+        self._pgps_phases = PhaseTimes()  # this epoch's time per phase (pgps.nnunet.clock)
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -135,6 +137,10 @@ class PGPSTrainerBase(nnUNetTrainer):
             "dry_runs": self.pgps_dry_runs,
             "torch_compile": getattr(self, "pgps_compile_settings", None),
             "time_budget": self.pgps_time_plan,
+            "codecarbon": {
+                "country": None if self.pgps_knobs.codecarbon == "off" else self.pgps_knobs.codecarbon,
+                "tracking_mode": None if self.pgps_knobs.codecarbon == "off" else tracking_mode(world),
+            },
         }
 
     def _dry_run_wanted(self) -> bool:
@@ -196,13 +202,13 @@ class PGPSTrainerBase(nnUNetTrainer):
             if self.pgps_time_plan is not None:
                 self._pgps_record.data["time_budget"] = dict(self.pgps_time_plan)
             self._pgps_record.start(self.current_epoch)
-            if self.pgps_knobs.codecarbon != "off":
+            if self.pgps_knobs.codecarbon != "off":  # started by run_training at the first epoch's start
                 self._pgps_energy = StageEnergy(
                     self.pgps_knobs.codecarbon,
                     self.output_folder,
                     f"{self.__class__.__name__}_{self.plans_manager.dataset_name}",
+                    config["codecarbon"]["tracking_mode"],
                 )
-                self._pgps_energy.start()
             # nnU-Net's per-epoch progress.png, at most 2 % of the wall time
             self._pgps_plot = ThrottledProgressPlot()
             self.logger.plot_progress_png = lambda folder: self._pgps_plot.request(self.logger.local_logger, folder)
@@ -249,20 +255,33 @@ class PGPSTrainerBase(nnUNetTrainer):
     def on_train_epoch_start(self) -> None:
         # per-epoch reseed: a resumed run draws what an uninterrupted one would (single-process loading)
         seed_everything(self.pgps_knobs.seed * 1_000_003 + self.current_epoch)
+        t0 = time.perf_counter()
         self._pgps_enter_stage(self.current_epoch)
+        self._pgps_phases.stage_switch = time.perf_counter() - t0
         if isinstance(self.dataloader_train, PatchSwitch):
             self.dataloader_train.restart(self._rpss_pick(self.current_epoch))
         self._pgps_tally.reset()
         super().on_train_epoch_start()
 
     def on_epoch_end(self) -> None:
-        # the record goes to disk BEFORE the checkpoint (see pgps.nnunet.record)
+        """The epoch's entry goes to disk BEFORE nnU-Net's checkpoint (see pgps.nnunet.record) with
+        the time so far, and again once nnU-Net's bookkeeping (checkpoints, plot) is done: the
+        epoch ends there (pgps.nnunet.clock)."""
+        t0 = time.perf_counter()
         entry = self._epoch_entry() if self._pgps_record is not None else None
         if self.pgps_time_plan is not None:  # every rank: a re-plan is broadcast under DDP
             self._pgps_follow_budget(entry)
         if entry is not None:
+            self._pgps_phases.epoch_end = time.perf_counter() - t0
+            entry["timing_s"] = self._pgps_phases.as_dict()
             self._pgps_record.add_epoch(entry)
         super().on_epoch_end()
+        if entry is not None:
+            entry["epoch_end"] = time.time()
+            entry["wall_time"] = entry["epoch_end"] - entry["epoch_start"]
+            self._pgps_phases.epoch_end = time.perf_counter() - t0
+            entry["timing_s"] = self._pgps_phases.as_dict()
+            self._pgps_record.save()
 
     def _pgps_follow_budget(self, entry: dict | None) -> None:
         """Closed-loop time budget: re-plan the epochs not yet trained, and keep plan-vs-actual
@@ -310,22 +329,52 @@ class PGPSTrainerBase(nnUNetTrainer):
         }
 
     def run_training(self) -> None:
-        """nnU-Net 2.8's loop, unchanged except that it re-reads ``num_epochs`` every epoch
-        (``range`` fixes it at the start): the time budget's closed loop changes it mid-run."""
+        """nnU-Net 2.8's loop with three changes: it re-reads ``num_epochs`` every epoch (``range``
+        fixes it at the start; the time budget's closed loop changes it mid-run); it times the
+        phases of each epoch with ``perf_counter`` around the calls it makes anyway (no device
+        sync added: the step time is taken at epoch granularity, after ``on_train_epoch_end``
+        has reduced the losses); and codecarbon covers exactly the session's epochs."""
         self.on_train_start()
         while self.current_epoch < self.num_epochs:
+            if self._pgps_energy is not None:
+                self._pgps_energy.start_session()  # before the first epoch's start time is taken
+            self._pgps_phases = phases = PhaseTimes()
             self.on_epoch_start()
             self.on_train_epoch_start()
-            train_outputs = [self.train_step(next(self.dataloader_train)) for _ in range(self.num_iterations_per_epoch)]
+            t0 = time.perf_counter()
+            train_outputs = []
+            for _ in range(self.num_iterations_per_epoch):
+                w0 = time.perf_counter()
+                batch = next(self.dataloader_train)
+                phases.loader_wait += time.perf_counter() - w0
+                train_outputs.append(self.train_step(batch))
             self.on_train_epoch_end(train_outputs)
+            t1 = time.perf_counter()
+            phases.network_steps = t1 - t0 - phases.loader_wait
             with torch.no_grad():
                 self.on_validation_epoch_start()
                 val_outputs = [
                     self.validation_step(next(self.dataloader_val)) for _ in range(self.num_val_iterations_per_epoch)
                 ]
                 self.on_validation_epoch_end(val_outputs)
+            phases.validation = time.perf_counter() - t1
             self.on_epoch_end()
+        if self._pgps_energy is not None:
+            self._pgps_energy.stop()  # right after the last epoch's end
         self.on_train_end()
+
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        """nnU-Net's final validation, timed: ``clock.final_validation_s`` (not training time)."""
+        t0 = time.perf_counter()
+        super().perform_actual_validation(save_probabilities)
+        seconds = time.perf_counter() - t0
+        if self.local_rank != 0:
+            return
+        if self._pgps_record is not None:
+            self._pgps_record.final_validation_s = seconds
+            self._pgps_record.save()
+        else:  # nnUNetv2_train --val: the record was written by the training process
+            record_final_validation(self.output_folder, seconds)
 
     def on_train_end(self) -> None:
         if self._pgps_plot is not None:
@@ -333,9 +382,6 @@ class PGPSTrainerBase(nnUNetTrainer):
         super().on_train_end()
         finish_loader(self.dataloader_train)
         self._pgps_tally.detach()
-        if self._pgps_energy is not None:
-            self._pgps_energy.stop()
-            self._pgps_energy = None
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, filename: str) -> None:

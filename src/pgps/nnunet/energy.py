@@ -1,6 +1,17 @@
-"""codecarbon for a whole training, one task per curriculum stage through the public task
-API (``start_task``/``stop_task``); the baseline is tracked the same way, so CO2 figures compare
-like for like. ``emissions.csv`` lands in the fold directory."""
+"""codecarbon over exactly the training clock's spans (``pgps.nnunet.clock``): the tracker starts
+right before a session's first epoch starts and stops right after its last epoch ends, one task
+per curriculum stage through the public task API (``start_task``/``stop_task``). The baseline is
+tracked the same way, so CO2 figures compare like for like. ``emissions.csv`` (one row per
+session) lands in the fold directory.
+
+Tracking mode (codecarbon 3.3.2, read in its source): ``process`` changes only what is
+ESTIMATED. Without readable RAPL the CPU power is estimated from load: ``machine`` takes the
+machine's load (every other process included, at least 10 % of the TDP), ``process`` the CPU
+time of this process and its children (the data-augmentation workers) -- the run. RAM: the
+machine's total memory vs this process tree's resident memory. MEASURED counters are whole
+devices in both modes: RAPL reads the CPU package, NVML the GPUs the run sees
+(``CUDA_VISIBLE_DEVICES``). So a single-process run uses ``process``; under DDP the other ranks
+are not children of rank 0 (which tracks), so ``machine`` is used there."""
 
 from __future__ import annotations
 
@@ -8,15 +19,31 @@ import logging
 from pathlib import Path
 
 
+def tracking_mode(world_size: int) -> str:
+    """``process`` where it measures this run (one process and its workers), else ``machine``."""
+    return "process" if world_size == 1 else "machine"
+
+
 class StageEnergy:
-    def __init__(self, country: str, fold_dir: str | Path, project: str) -> None:
+    def __init__(self, country: str, fold_dir: str | Path, project: str, mode: str) -> None:
+        if mode not in ("process", "machine"):
+            raise ValueError(f"codecarbon tracking mode must be process or machine, got {mode!r}")
         self.country = country
         self.fold_dir = Path(fold_dir)
         self.project = project
+        self.mode = mode
         self.tracker = None
         self.task: str | None = None
 
-    def start(self) -> None:
+    @property
+    def running(self) -> bool:
+        return self.tracker is not None
+
+    def start_session(self) -> None:
+        """Start tracking (right before the session's first epoch starts); no-op when running.
+        Hardware detection (~2 s) happens here, before the epoch's start time is taken."""
+        if self.tracker is not None:
+            return
         from codecarbon import OfflineEmissionsTracker
         from codecarbon.output_methods.base_output import OutputMethod
 
@@ -28,6 +55,7 @@ class StageEnergy:
             project_name=self.project,
             log_level=logging.ERROR,
             output_methods=[OutputMethod.CSV],  # codecarbon 3.3: save_to_file=True is deprecated
+            tracking_mode=self.mode,
         )
         self.tracker.start()
 
@@ -40,6 +68,7 @@ class StageEnergy:
         self.task = name
 
     def stop(self) -> None:
+        """Stop tracking (right after the session's last epoch ended) and write emissions.csv."""
         if self.tracker is None:
             return
         if self.task is not None:

@@ -24,14 +24,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pgps.budget import (
-    BudgetPlan,
-    additive_correction,
-    epoch_spans,
-    final_stage_epochs_left,
-    plan_epochs,
-)
+from pgps.budget import BudgetPlan, additive_correction, final_stage_epochs_left, plan_epochs
 from pgps.errors import PGPSError
+from pgps.nnunet.clock import epoch_spans, epoch_times
 from pgps.nnunet.dryrun import restored_state, synthetic_batch
 from pgps.nnunet.loaders import build_train_loader, finish_loader
 from pgps.nnunet.progress import MAX_SHARE
@@ -279,7 +274,7 @@ def actual_stage_seconds(epochs: list[dict], num_stages: int, resumed_at: set[in
 
 
 def _record_spans(epochs: list[dict], resumed_at: set[int]) -> list[float]:
-    return epoch_spans([e["epoch_start"] for e in epochs], [e["epoch_end"] for e in epochs], resumed_at)
+    return epoch_spans(epoch_times(epochs), resumed_at)
 
 
 def _replan_on_rank0(trainer: Any, epochs: list[dict], resumed_at: set[int]) -> dict | None:
