@@ -50,9 +50,15 @@ TOY_TRAIN = textwrap.dedent(
 
 
 def make_toy_repo(
-    root: Path, tasks: list[str], folds: list[int], epochs: int, epoch_s: float, grid: dict | None = None
+    root: Path,
+    tasks: list[str],
+    folds: list[int],
+    epochs: int,
+    epoch_s: float,
+    grid: dict | None = None,
+    evaluate: bool = False,
 ) -> Path:
-    """git + dvc repository with plan (per task) -> train (task x fold) -> report stages."""
+    """git + dvc repository with plan (per task) -> train (task x fold) [-> evaluate (task x fold)] -> report."""
     root.mkdir(parents=True, exist_ok=True)
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run([str(VENV_BIN / "dvc"), "init", "-q"], cwd=root, check=True)
@@ -82,11 +88,23 @@ def make_toy_repo(
             "report": {
                 "cmd": f"{py} -c \"import glob,json; json.dump(sorted(glob.glob('out/*/fold_*/pgps_record.json')),"
                 f" open('report.json','w'))\"",
-                "deps": [f"out/{t}/fold_{f}" for t in tasks for f in folds],
+                "deps": [f"out/{t}/fold_{f}" for t in tasks for f in folds]
+                + ([f"out/{t}/eval_{f}.json" for t in tasks for f in folds] if evaluate else []),
                 "outs": ["report.json"],
             },
         }
     }
+    if evaluate:  # one per training, reading its record: the epochs it trained
+        count = "import json,sys; json.dump(len(json.load(open(sys.argv[1]))['epochs']), open(sys.argv[2], 'w'))"
+        stages = dvc["stages"]
+        stages["evaluate"] = {
+            "matrix": {"task": "${tasks}", "fold": "${folds}"},
+            "cmd": f'{py} -c "{count}" out/${{item.task}}/fold_${{item.fold}}/pgps_record.json '
+            "out/${item.task}/eval_${item.fold}.json",
+            "deps": ["out/${item.task}/fold_${item.fold}"],
+            "outs": ["out/${item.task}/eval_${item.fold}.json"],
+        }
+        stages["report"] = stages.pop("report")  # keep dvc.yaml in pipeline order
     (root / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
     return root
 

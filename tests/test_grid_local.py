@@ -107,6 +107,17 @@ def test_local_interrupted_grid_resumes_from_checkpoint(tmp_path: Path) -> None:
     assert done_before < epochs
     status = json.loads(pgps(["grid", "status", "--json"], repo).stdout)
     assert {r["run"]: r["state"] for r in status}["train@A-0"] == "failed"
+    # what to look at: only the failed runs, each with its log (the interrupted training's output is in it)
+    failed = json.loads(pgps(["grid", "status", "--state", "failed", "--json"], repo).stdout)
+    assert {r["state"] for r in failed} == {"failed"} and "train@A-0" in {r["run"] for r in failed}
+    assert len(failed) < len(status)
+    (log,) = next(r for r in failed if r["run"] == "train@A-0")["logs"]
+    assert "toy_train.py" in Path(log).read_text()  # the stage command's banner, then its output
+    table = pgps(["grid", "status", "--state", "failed", "--state", "blocked"], repo).stdout.splitlines()
+    assert table[0].split()[:8] == ["run", "job", "state", "stage", "epoch", "left", "tries", "log"]
+    row = next(ln for ln in table if ln.startswith("train@A-0 "))
+    assert str(Path(log).relative_to(repo)) in row
+    assert table[-1].endswith(f"({len(failed)} shown)")
     # run it again: the training continues from its checkpoint, not from epoch 0
     proc = pgps(["grid", "submit", "--executor", "local", "--slots", "1"], repo, CPU_ENV)
     assert proc.returncode == 0, proc.stderr

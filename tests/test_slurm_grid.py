@@ -1,12 +1,15 @@
 """The grid on a real SLURM cluster started here (scripts/slurm/start-cluster.sh: munge, slurmdbd on
 MariaDB, slurmctld, two virtual nodes with two fake GPUs each), through the same `pgps grid` commands a
-user runs. Toy trainings keep these at ~1.5 min: arrays + dependencies + fake-GPU assignment, a training
-cancelled mid-run and requeued, a training that hits its time limit and is requeued by submitit."""
+user runs. Toy trainings keep these at ~1.5 min: arrays + task-by-task ties + dependencies + fake-GPU
+assignment, a training cancelled mid-run and requeued, a training that hits its time limit and is requeued by
+submitit. The first tests need no cluster: how many sbatch calls the paper's grid takes, and what reaches the
+generated batch script (marker `slurm` only on the tests that start the cluster)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -15,8 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
+from pgps.errors import PGPSError
+from pgps.grid.config import GridConfig, Resources
 from pgps.grid.runner import read_attempts
+from pgps.grid.slurm import sbatch_parameters
 from test_grid_helpers import (
     VENV_BIN,
     assert_record_complete,
@@ -27,8 +34,6 @@ from test_grid_helpers import (
     read_record,
     structure,
 )
-
-pytestmark = pytest.mark.slurm
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "slurm"
 CPU_ENV = {"nnUNet_compile": "f", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "2"}
@@ -103,20 +108,130 @@ def wait_grid(repo: Path, env: dict[str, str], timeout: float, until=None) -> li
     raise AssertionError(f"grid did not finish in {timeout} s: {rows}")
 
 
+# ------------------------------------------------------------------------------------------- no cluster needed
+
+
+def test_full_profile_is_a_few_sbatch_calls(tmp_path: Path) -> None:
+    """The paper's grid (10 tasks x 9 runs x 5 folds = 450 trainings + 450 evaluations): one array per dvc.yaml
+    stage for acquire/convert/plan, one training array per task, each evaluation array tied to its training
+    array task by task, the report, the dvc commit -- 25 sbatch calls, not one per run (483 before)."""
+    repo = copy_pipeline_repo(tmp_path / "repo", {})
+    full = yaml.safe_load((repo / "profiles" / "full.yaml").read_text())
+    tasks, runs = len(full["tasks"]), len(full["tasks"]) * len(full["trainers"]) * len(full["folds"])
+    proc = pgps(["grid", "submit", "--profile", "full", "--dry-run"], repo)
+    assert proc.returncode == 0, proc.stderr
+    sbatch = [ln for ln in proc.stdout.splitlines() if ln.startswith("sbatch ")]
+    assert len(sbatch) == 3 + 2 * tasks + 2 <= 30, sbatch
+    trains = [n for n, ln in enumerate(sbatch, 1) if re.match(rf"sbatch {n}: train array of {runs // tasks} ", ln)]
+    evals = [ln for ln in sbatch if " evaluate array of " in ln]
+    assert len(trains) == tasks and len(evals) == tasks
+    assert {int(re.search(r"aftercorr sbatch (\d+)", ln).group(1)) for ln in evals} == set(trains)
+    train, evaluate = full["grid"]["stages"]["train"], full["grid"]["stages"]["evaluate"]
+    gpu_hours = runs * (train["gpus"] * train["time_min"] + evaluate["gpus"] * evaluate["time_min"]) / 60
+    stages = 3 * tasks + 2 * runs + 1
+    assert proc.stdout.splitlines()[-2] == f"{stages} stages to run (0 stages already up to date)"
+    assert proc.stdout.splitlines()[-1] == (
+        f"totals: {len(sbatch)} sbatch jobs ({len(sbatch) - 2} of them job arrays), {stages + 1} tasks "
+        f"(array tasks + single jobs), {gpu_hours:,.1f} GPU-hours requested (GPUs x time limit: an upper bound)"
+    )
+
+
+INJECTED = "gpu\n#SBATCH --uid=0"
+
+
+def _batch_script(params: dict, folder: Path, tasks: int) -> str:
+    """The batch script submitit writes for these parameters (its own generator, as at submission)."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm")
+    executor.update_parameters(**params)
+    if tasks > 1:
+        executor._executor.parameters["map_count"] = tasks
+    return executor._executor._make_submission_file_text("python -m submitit.core._submit", "uid")
+
+
+def test_values_that_would_leave_their_sbatch_line_are_refused(tmp_path: Path) -> None:
+    """Defence in depth: whatever checked the values before (params.yaml's schema, the flags), the generator of
+    submitit's parameters refuses anything that could end its #SBATCH line -- one line naming the key."""
+    res = Resources(cpus=1, mem_gb=1, gpus=1, time_min=5)
+    for config, key in (
+        (GridConfig(partition=INJECTED), "grid.partition"),
+        (GridConfig(account="lab; rm -rf ~"), "grid.account"),
+        (GridConfig(gres="gpu:1\rx"), "grid.gres"),
+        (GridConfig(constraint="a100 ib"), "grid.constraint"),
+        (GridConfig(sbatch_extra=("--comment=a\nb",)), "grid.sbatch_extra --comment"),
+        (GridConfig(sbatch_extra=("--x\ny=1",)), "grid.sbatch_extra"),
+    ):
+        with pytest.raises(PGPSError, match=re.escape(key)) as err:
+            sbatch_parameters(config, res, "train", tmp_path)
+        assert "\n" not in str(err.value)
+    with pytest.raises(PGPSError, match="job log folder"):
+        sbatch_parameters(GridConfig(), res, "train", tmp_path / "my logs")
+    # the same values through the command line and through params.yaml: one line, exit 2, nothing written
+    repo = make_toy_repo(tmp_path / "repo", ["A"], [0], 2, 0.1)
+    for argv, needle in (
+        (["--partition", INJECTED], "--partition"),
+        (["--sbatch-extra=--comment=x\n#SBATCH --uid=0"], "--sbatch-extra"),
+        (["--constraint", "a100\n"], "--constraint"),
+        (["--folder", str(tmp_path / "my logs")], "job log folder"),
+    ):
+        proc = pgps(["grid", "submit", "--dry-run", *argv], repo)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert needle in line, line
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["grid"] = {"account": "lab\n#SBATCH --uid=0"}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = pgps(["grid", "submit", "--dry-run"], repo)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "grid.account" in proc.stderr
+    assert not (repo / "logs").exists()
+
+
+def test_batch_script_carries_constraint_extras_and_throttle(tmp_path: Path) -> None:
+    config = GridConfig(
+        partition="gpu,gpu-long",
+        constraint="a100&ib",
+        sbatch_extra=("--mail-type=END", "--exclusive"),
+        array_parallelism=3,
+    )
+    params = sbatch_parameters(config, Resources(cpus=4, mem_gb=8, gpus=1, time_min=90), "train", tmp_path)
+    script = _batch_script(params, tmp_path, tasks=5)
+    header = script.split("# command", 1)[0].splitlines()
+    assert all(ln.startswith("#SBATCH --") for ln in header if ln and not ln.startswith("#!") and ln != "# Parameters")
+    for line in ("--array=0-4%3", "--constraint='a100&ib'", "--mail-type=END", "--exclusive", "--gpus-per-node=1",
+                 "--partition=gpu,gpu-long", "--time=90"):  # fmt: skip
+        assert f"#SBATCH {line}" in header, (line, header)
+
+
+# ---------------------------------------------------------------------------------------- on the test cluster
+
+
+@pytest.mark.slurm
 def test_slurm_grid_arrays_dependencies_fake_gpus(slurm_cluster: dict[str, str], tmp_path: Path) -> None:
-    repo = make_toy_repo(tmp_path / "repo", ["A", "B"], [0, 1], epochs=2, epoch_s=0.2, grid=SMALL)
-    sub = pgps(["grid", "submit"], repo, slurm_cluster)
+    repo = make_toy_repo(tmp_path / "repo", ["A", "B"], [0, 1], epochs=2, epoch_s=0.2, grid=SMALL, evaluate=True)
+    flags = ["--constraint", "pgpstest", "--sbatch-extra=--comment=pgps-ci", "--array-parallelism", "2"]
+    sub = pgps(["grid", "submit", *flags], repo, slurm_cluster)
     assert sub.returncode == 0, sub.stderr
     again = pgps(["grid", "submit"], repo, slurm_cluster)  # a grid in flight is not overwritten
     assert again.returncode == 2 and "of the last submission have not ended" in again.stderr
     rows = {r["run"]: r for r in wait_grid(repo, slurm_cluster, 120)}
     assert {r["state"] for r in rows.values()} == {"done"}, rows
-    # one array per task's trainings (ids N_0, N_1), each waiting for that task's planning only
-    arrays = {rows[f"train@{t}-0"]["job_id"].split("_")[0] for t in "AB"}
-    assert len(arrays) == 2 and all("_" in rows[f"train@{t}-{f}"]["job_id"] for t in "AB" for f in (0, 1))
-    state = json.loads((repo / "logs" / "grid" / "grid.json").read_text())
-    assert state["jobs"]["train@A-1"]["deps"] == ["plan@A"]
     folder = repo / "logs" / "grid"
+    state = json.loads((folder / "grid.json").read_text())
+    assert state["jobs"]["train@A-1"]["deps"] == ["plan@A"]
+    array = {name: row["job_id"].split("_")[0] for name, row in rows.items()}
+    # 7 sbatch calls: plans (one array), one training array per task, one evaluation array per task tied to it
+    # task by task, the report, dvc commit
+    assert len(set(array.values())) == 7 and array["plan@A"] == array["plan@B"]
+    assert array["train@A-0"] == array["train@A-1"] != array["train@B-0"] == array["train@B-1"]
+    script = {name: _submitted_script(folder, row["job_id"]) for name, row in rows.items()}
+    for t in "AB":
+        assert f"#SBATCH --dependency=aftercorr:{array[f'train@{t}-0']}" in script[f"evaluate@{t}-0"]
+        assert f"#SBATCH --dependency=afterok:{rows[f'plan@{t}']['job_id']}" in script[f"train@{t}-0"]
+    for text in script.values():  # the flags reached every sbatch call
+        assert "#SBATCH --constraint=pgpstest" in text and "#SBATCH --comment=pgps-ci" in text
+    assert "#SBATCH --array=0-1%2" in script["train@A-0"]
     for t in "AB":
         plan_end = max(a["time"] for a in read_attempts(folder, f"plan@{t}") if a["event"] == "end")
         for f in (0, 1):
@@ -127,10 +242,22 @@ def test_slurm_grid_arrays_dependencies_fake_gpus(slurm_cluster: dict[str, str],
             rec = read_record(repo / "out" / t / f"fold_{f}" / "pgps_record.json")
             assert_record_complete(rec, 2)
             assert rows[f"train@{t}-{f}"]["epoch"] == 2 and rows[f"train@{t}-{f}"]["seconds_left"] == 0
+            train_end = max(a["time"] for a in read_attempts(folder, f"train@{t}-{f}") if a["event"] == "end")
+            assert read_attempts(folder, f"evaluate@{t}-{f}")[0]["time"] >= train_end  # after ITS training
+            assert json.loads((repo / "out" / t / f"eval_{f}.json").read_text()) == 2
     assert read_attempts(folder, "plan@A")[0]["cuda_visible_devices"] is None  # CPU stage: no GPU request
+    assert all(Path(p).is_file() for row in rows.values() for p in row["logs"])  # each job's log, where status says
     assert "up to date" in dvc_status(repo)
 
 
+def _submitted_script(folder: Path, job_id: str) -> str:
+    """The batch script submitit handed to sbatch for this job (one per array, in the array's own folder)."""
+    from submitit.core.utils import JobPaths
+
+    return JobPaths(folder / "%j", job_id=job_id.split("_")[0]).submission_file.read_text()
+
+
+@pytest.mark.slurm
 def test_slurm_cancelled_training_requeued_resumes_at_its_stage(slurm_cluster: dict[str, str], tmp_path: Path) -> None:
     epochs = 10
     repo = make_toy_repo(tmp_path / "repo", ["A"], [0, 1], epochs=epochs, epoch_s=0.6, grid=SMALL)
@@ -154,6 +281,10 @@ def test_slurm_cancelled_training_requeued_resumes_at_its_stage(slurm_cluster: d
     }
     cut_at = len(read_record(record)["epochs"])
     assert cut_at < epochs
+    failed = json.loads(pgps(["grid", "status", "--state", "failed", "--json"], repo, slurm_cluster).stdout)
+    assert [r["run"] for r in failed] == ["train@A-1"]
+    out, err = failed[0]["logs"]  # submitit's stdout/stderr of that array task, named by its job id
+    assert failed[0]["job_id"] in out and "toy_train.py" in Path(out).read_text() and Path(err).is_file()
     # the report waits for a training that will never succeed ... until it is requeued
     req = pgps(["grid", "requeue", "train@A-1"], repo, slurm_cluster)
     assert req.returncode == 0, req.stderr
@@ -169,6 +300,7 @@ def test_slurm_cancelled_training_requeued_resumes_at_its_stage(slurm_cluster: d
     assert "up to date" in dvc_status(repo)
 
 
+@pytest.mark.slurm
 def test_slurm_grid_cancel_stops_every_job(slurm_cluster: dict[str, str], tmp_path: Path) -> None:
     repo = make_toy_repo(tmp_path / "repo", ["A"], [0, 1], epochs=60, epoch_s=1.0, grid=SMALL)
     assert pgps(["grid", "submit", "--gpus", "0"], repo, slurm_cluster).returncode == 0
@@ -183,6 +315,7 @@ def test_slurm_grid_cancel_stops_every_job(slurm_cluster: dict[str, str], tmp_pa
     assert squeue.stdout.strip() == ""
 
 
+@pytest.mark.slurm
 def test_slurm_time_limit_checkpoints_and_requeues(slurm_cluster: dict[str, str], tmp_path: Path) -> None:
     """1-minute limit, SIGUSR2 55 s before it (SLURM sends it 5-35 s in: its time-limit check runs every 30 s):
     submitit's Checkpointable requeues the training, which resumes from its checkpoint."""
@@ -218,6 +351,7 @@ REDUCED = {
 PGPS_RUN = "train@Task901_PGPSSynth-pgps-0"
 
 
+@pytest.mark.slurm
 @pytest.mark.slow
 def test_slurm_reduced_pipeline_grid_cancel_requeue_then_dvc_has_nothing_to_do(
     slurm_cluster: dict[str, str], tmp_path: Path

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start a real single-node SLURM cluster on localhost, everything inside one directory:
 # munged (own key + socket), MariaDB (private datadir) + slurmdbd for accounting (submitit reads job states
-# through sacct), slurmctld, and one slurmd per virtual node. Stop it with stop-cluster.sh DIR.
+# through sacct), slurmctld, and one slurmd per virtual node (features: pgpstest and its own name, for
+# --constraint). Stop it with stop-cluster.sh DIR.
 #
 # usage: start-cluster.sh DIR [--nodes N] [--cpus C] [--gpus G] [--port P]
 #   --gpus G   fake GPUs per node (gres on /dev/null symlinks; 0 = a cluster without GPU gres)
@@ -115,7 +116,7 @@ JobCompType=jobcomp/none
 CONF
   [ "$GPUS" -gt 0 ] && echo "GresTypes=gpu"
   for i in $(seq 1 "$NODES"); do
-    echo "NodeName=node$i NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((PORT + 9 + i)) CPUs=$CPUS RealMemory=4096 $gres_line State=UNKNOWN"
+    echo "NodeName=node$i NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((PORT + 9 + i)) CPUs=$CPUS RealMemory=4096 $gres_line Features=pgpstest,node$i State=UNKNOWN"
     nodes="${nodes:+$nodes,}node$i"
   done
   echo "PartitionName=debug Nodes=$nodes Default=YES MaxTime=INFINITE State=UP"

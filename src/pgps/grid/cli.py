@@ -9,8 +9,10 @@ import os
 from pathlib import Path
 
 from pgps.errors import PGPSError
-from pgps.grid.config import add_resource_flags, apply_flags, load_grid_config
+from pgps.grid.config import GridConfig, add_resource_flags, apply_flags, load_grid_config
+from pgps.grid.dag import Grid, StageJob
 from pgps.grid.state import DEFAULT_FOLDER, load_state
+from pgps.grid.status import STATES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,9 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--slots", type=int, help="local without GPUs: jobs at once (default 1)")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and their requests, submit nothing")
     add_resource_flags(p)
-    s = sub.add_parser("status", help="per run: queued/running/done/failed, stage, epoch, time left")
+    s = sub.add_parser("status", help="per run: queued/running/done/failed, stage, epoch, time left, log")
     s.add_argument("--folder", type=Path, default=DEFAULT_FOLDER)
     s.add_argument("--json", action="store_true", help="machine-readable rows")
+    s.add_argument(
+        "--state",
+        action="append",
+        choices=STATES,
+        help="only runs in this state (repeatable), e.g. --state failed for what to look at and requeue",
+    )
     r = sub.add_parser("requeue", help="put cancelled/failed/running runs back in the queue (they resume)")
     r.add_argument("runs", nargs="+", help="run names as `pgps grid status` lists them")
     r.add_argument("--folder", type=Path, default=DEFAULT_FOLDER)
@@ -84,11 +92,8 @@ def _submit(args: argparse.Namespace) -> int:
                 "or submit with another --folder"
             )
     if args.dry_run:
-        for job in runnable:
-            res = config.resources(job.group)
-            after = f" after {', '.join(job.deps)}" if job.deps else ""
-            print(f"{job.name}: {res.cpus} cpus, {res.mem_gb:g} GB, {res.gpus} gpus, {res.time_min} min{after}")
-        print(f"{len(runnable)} jobs ({len(grid.jobs) - len(runnable)} stages already up to date)")
+        for line in _dry_run(grid, config, runnable, args):
+            print(line)
         return 0
     if not runnable:
         print("every stage is up to date (dvc.lock): nothing to submit")
@@ -116,6 +121,22 @@ def _submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dry_run(grid: Grid, config: GridConfig, runnable: list[StageJob], args: argparse.Namespace) -> list[str]:
+    """What a submission would do: per stage its request; on SLURM also the sbatch calls and the totals."""
+    summary = f"{len(runnable)} stages to run ({len(grid.jobs) - len(runnable)} stages already up to date)"
+    if args.executor == "slurm" and runnable:
+        from pgps.grid.slurm import describe, plan_submissions
+
+        lines = describe(plan_submissions(grid, config, runnable), config, args.folder.resolve())
+        return [*lines[:-1], summary, lines[-1]]
+    lines = []
+    for job in runnable:
+        res = config.resources(job.group)
+        after = f" after {', '.join(job.deps)}" if job.deps else ""
+        lines.append(f"{job.name}: {res.cpus} cpus, {res.mem_gb:g} GB, {res.gpus} gpus, {res.time_min} min{after}")
+    return [*lines, summary]
+
+
 def main(args: argparse.Namespace) -> int:
     if args.grid_command == "submit":
         return _submit(args)
@@ -124,7 +145,8 @@ def main(args: argparse.Namespace) -> int:
         from pgps.grid.status import collect, format_table
 
         rows = collect(state)
-        print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+        shown = [r for r in rows if r["state"] in args.state] if args.state else rows
+        print(json.dumps(shown, indent=1) if args.json else format_table(shown, rows))
         return 0
     if args.grid_command == "cancel":
         from pgps.grid.requeue import cancel

@@ -33,13 +33,15 @@ def requeue(state: dict[str, Any], runs: list[str]) -> list[str]:
     for run in runs:
         _scontrol("requeue", jobs[run]["job_id"])
         done.append(f"requeued {run} (job {jobs[run]['job_id']})")
-    # every job still waiting gets its dependency list back, pointing at the (requeued) jobs
+    # every job still waiting downstream of them gets its dependency list back, pointing at the (requeued) jobs:
+    # single array tasks where the submission tied whole arrays (SLURM splits that task off its array)
     ids = {name: j["job_id"] for name, j in jobs.items()}
     current = job_states(list(ids.values()))
     for run in runs:  # requeued: waiting again, whatever sacct still remembers
         current[ids[run]] = ("queued", "requeued")
+    downstream = _dependents(jobs, runs)
     for name, job in jobs.items():
-        if not job.get("deps") or current[job["job_id"]][0] not in ("queued", "blocked"):
+        if name not in downstream or current[job["job_id"]][0] not in ("queued", "blocked"):
             continue
         # finished dependencies are left out: SLURM forgets old jobs (MinJobAge) and would reject their ids
         waiting = sorted({ids[d] for d in job["deps"] if d in ids and current[ids[d]][0] != "done"})
@@ -48,6 +50,22 @@ def requeue(state: dict[str, Any], runs: list[str]) -> list[str]:
         )
         done.append(f"dependencies of {name} (job {job['job_id']}) set again")
     return done
+
+
+def _dependents(jobs: dict[str, Any], runs: list[str]) -> set[str]:
+    """Every job that waits, directly or through others, for one of ``runs``."""
+    waiting_for: dict[str, list[str]] = {}
+    for name, job in jobs.items():
+        for dep in job.get("deps", []):
+            waiting_for.setdefault(dep, []).append(name)
+    found: set[str] = set()
+    frontier = list(runs)
+    while frontier:
+        for child in waiting_for.get(frontier.pop(), []):
+            if child not in found:
+                found.add(child)
+                frontier.append(child)
+    return found
 
 
 def cancel(state: dict[str, Any]) -> str:

@@ -1,5 +1,5 @@
 """`pgps grid status`: per run queued / blocked / running / done / failed, the curriculum stage and epoch
-from its run record, and the time left at its measured pace."""
+from its run record, the time left at its measured pace, and where its log is."""
 
 from __future__ import annotations
 
@@ -9,6 +9,28 @@ from typing import Any
 
 from pgps.grid.progress import find_records, read_progress
 from pgps.grid.runner import read_attempts
+
+STATES = ("queued", "blocked", "running", "done", "failed", "unknown")
+
+
+def log_files(state: dict[str, Any], name: str, job_id: str) -> list[str]:
+    """Where a job's output goes: submitit's per-job stdout/stderr on SLURM, one file per stage locally."""
+    folder = Path(state["folder"])
+    if state["executor"] != "slurm":
+        return [str(folder / "logs" / f"{name}.log")]
+    if not job_id:
+        return []
+    from submitit.core.utils import JobPaths
+
+    paths = JobPaths(folder / "%j", job_id=job_id, task_id=0)
+    return [str(paths.stdout), str(paths.stderr)]
+
+
+def _short(path: str) -> str:
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
 
 
 def _local_states(state: dict[str, Any]) -> dict[str, tuple[str, str]]:
@@ -59,6 +81,7 @@ def collect(state: dict[str, Any]) -> list[dict[str, Any]]:
             "epoch": None,
             "num_epochs": None,
             "seconds_left": None,
+            "logs": log_files(state, name, job.get("job_id", "")),
         }
         records = find_records(job.get("outs", []))
         progs = [p for p in (read_progress(r) for r in records) if p is not None]
@@ -88,8 +111,17 @@ def _fmt_seconds(s: float | None) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    header = ("run", "job", "state", "stage", "epoch", "left", "tries", "detail")
+def _log_cell(logs: list[str]) -> str:
+    """stdout and stderr of one job as ``dir/123_4_0_log.{out,err}``; a single log as it is."""
+    short = [_short(p) for p in logs]
+    if len(short) == 2 and short[0].endswith(".out") and short[1] == short[0][:-4] + ".err":
+        return short[0][:-4] + ".{out,err}"
+    return " ".join(short) or "-"
+
+
+def format_table(rows: list[dict[str, Any]], every: list[dict[str, Any]] | None = None) -> str:
+    """``rows`` as a table; the last line counts the states of ``every`` row (all of them when filtered)."""
+    header = ("run", "job", "state", "stage", "epoch", "left", "tries", "log", "detail")
     lines = [header]
     for r in rows:
         stage = "-" if r["stage"] is None else f"{r['stage'] + 1}/{r['num_stages'] or '?'}"
@@ -103,13 +135,16 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 epoch,
                 _fmt_seconds(r["seconds_left"]),
                 str(r["attempts"]),
+                _log_cell(r.get("logs", [])),
                 r["detail"],
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines]
     counts: dict[str, int] = {}
-    for r in rows:
+    for r in rows if every is None else every:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
-    text.append(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    total = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    shown = "" if every is None or len(rows) == len(every) else f" ({len(rows)} shown)"
+    text.append(f"{total}{shown}" if total else "no jobs")
     return "\n".join(text)
