@@ -3,9 +3,8 @@
 params, and the run's identity (resume key, the train stage's DVC params) covers every knob.
 
 Fast unit tests of the environment builder, plus one real pipeline run (slow: acquire, convert, plan and two
-tiny trainings; minutes): the
-train stage of a one-run pipeline by ``dvc repro``, then again with a hostile shell; pgps_config.json and
-the stage's dvc.lock entry must not change."""
+tiny trainings; minutes): the train stage of a one-run pipeline by ``dvc repro``, then again with a hostile
+shell; pgps_config.json and the stage's dvc.lock entry must not change."""
 
 from __future__ import annotations
 
