@@ -10,12 +10,15 @@ import io
 import os
 import pty
 import select
+import shutil
 import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import termios
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -122,6 +125,37 @@ def test_source_dir_run_never_names_the_users_file_part(tmp_path):
     downloads = tmp_path / "data" / "downloads"
     assert sorted(p.name for p in downloads.iterdir()) == [f".{TASK}.lock", f"{TASK}.tar"]
     assert os.stat(downloads / f"{TASK}.tar").st_ino == os.stat(src / f"{TASK}.tar").st_ino
+
+
+@pytest.fixture
+def other_disk() -> Iterator[Path]:
+    """A folder on another filesystem than pytest's tmp_path (tmpfs), where hard links cannot reach."""
+    base = Path("/dev/shm")
+    if not base.is_dir():
+        pytest.skip("no /dev/shm here")
+    folder = Path(tempfile.mkdtemp(prefix="pgps-other-disk-", dir=base))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_source_on_another_disk_is_copied_verified_and_left_alone(tmp_path, capsys, other_disk):
+    if os.stat(other_disk).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("/dev/shm is on the same filesystem as tmp_path here")
+    tar, _ = build_task_tar()
+    mine = other_disk / f"{TASK}.tar"
+    mine.write_bytes(tar)
+    assert cli(_acquire(tmp_path, "--source-dir", str(other_disk), "--md5", md5(tar))) == 0
+    tarball = tmp_path / "data" / "downloads" / f"{TASK}.tar"
+    assert tarball.read_bytes() == tar and os.stat(tarball).st_nlink == 1  # a copy, not a link
+    assert mine.read_bytes() == tar and os.stat(mine).st_nlink == 1
+    mine.write_bytes(tar[:-10] + b"0123456789")  # a damaged source: the copy is refused, the source kept
+    shutil.rmtree(tmp_path / "data")
+    assert cli(_acquire(tmp_path, "--source-dir", str(other_disk), "--md5", md5(tar))) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"pgps acquire: error: {mine}: MD5 mismatch")
+    assert mine.read_bytes() == tar[:-10] + b"0123456789"
+    assert sorted(p.name for p in (tmp_path / "data" / "downloads").iterdir()) == [f".{TASK}.lock"]
 
 
 # ---------------------------------------------------------------- archives that must be refused

@@ -117,7 +117,11 @@ def _link_or_copy(source: Path, tmp: Path) -> None:
     except OSError:
         pass  # another filesystem, or links not allowed: copy
     try:
-        with open(source, "rb") as src, open(tmp, "xb") as out, bar(f"copy {source.name}", None) as progress:
+        with (
+            open(source, "rb") as src,
+            open(tmp, "xb") as out,
+            bar(f"copy {source.name}", os.fstat(src.fileno()).st_size) as progress,
+        ):
             while block := src.read(CHUNK):
                 out.write(block)
                 progress.update(len(block))
