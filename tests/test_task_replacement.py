@@ -25,6 +25,7 @@ import pytest
 from msd_server import TASK, build_task_tar, md5
 
 SYNTH = "Task901_PGPSSynth"
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 and fork: Linux only")
 
 FORK_SERVER = r"""
 import json, os, signal, sys
