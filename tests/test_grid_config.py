@@ -254,3 +254,14 @@ def test_full_profile_dry_run_is_the_papers_grid_on_gpus(tmp_path: Path) -> None
     assert all(f"{req['gpus']} gpus, {req['time_min']} min after plan@" in ln for ln in trains)
     assert lines[-1] == f"{3 * len(full['tasks']) + 2 * runs + 1} jobs (0 stages already up to date)"
     assert yaml.safe_load((repo / "params.yaml").read_text())["profile"] == "default"  # a dry run changes nothing
+
+
+def test_cli_flag_with_a_newline_is_one_line_exit_2(tmp_path: Path) -> None:
+    repo = make_toy_repo(tmp_path / "repo", ["A"], [0], 2, 0.1, grid={})
+    proc = pgps(["grid", "submit", "--dry-run", "--partition", "gpu\n#SBATCH --exclusive"], repo)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "pgps grid: error: --partition: must be a partition name or a comma-separated list of them, "
+        "got 'gpu\\n#SBATCH --exclusive'"
+    ]
+    assert not (repo / "logs").exists()
