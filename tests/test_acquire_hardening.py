@@ -158,6 +158,20 @@ def test_source_on_another_disk_is_copied_verified_and_left_alone(tmp_path, caps
     assert sorted(p.name for p in (tmp_path / "data" / "downloads").iterdir()) == [f".{TASK}.lock"]
 
 
+@pytest.mark.timeout(60)  # hashing a FIFO would block forever
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_placed_tarball_that_is_not_a_regular_file(tmp_path, capsys, kind):
+    downloads = tmp_path / "data" / "downloads"
+    downloads.mkdir(parents=True)
+    placed = downloads / f"{TASK}.tar"
+    os.mkfifo(placed) if kind == "fifo" else placed.mkdir()
+    assert cli(_acquire(tmp_path, "--md5", "0" * 32, "--url-base", "http://127.0.0.1:9")) == 2
+    want = "is a FIFO (named pipe), not a regular file" if kind == "fifo" else "is a folder, not a file"
+    assert capsys.readouterr().err.strip() == (
+        f"pgps acquire: error: {placed}: {want}; replace it with the task's tarball, or delete it to download"
+    )
+
+
 # ---------------------------------------------------------------- archives that must be refused
 def _tar_entries(entries: list[tuple[str, bytes | None]], compress: bool = False) -> bytes:
     """A tar with members in this exact order; data None makes a folder."""

@@ -142,6 +142,9 @@ def bring_in(source: Path, tarball: Path, want: str) -> None:
 def _check_placed_tarball(tarball: Path, want: str) -> None:
     """A tarball under its final name: ours are renamed only after verification, so a bad one was put there by
     hand (a link to the user's file, for instance) and is reported, never deleted or overwritten."""
+    problem = file_problem(tarball)
+    if problem:
+        raise PGPSError(f"{tarball}: {problem}; replace it with the task's tarball, or delete it to download")
     got = file_md5(tarball)
     if got != want:
         raise PGPSError(
