@@ -97,6 +97,15 @@ def _check_budget(tarball: Path, tar_size: int, limits: Limits | None, members: 
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # from write(), which names no file
 
 
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz: what tarfile's "r:*" opens
+
+
+def _compressed(tarball: Path) -> bool:
+    """A compressed archive expands beyond its size, so its progress bar shows bytes without a total."""
+    with open(tarball, "rb") as fh:
+        return fh.read(6).startswith(_COMPRESSED_MAGIC)
+
+
 def extract(tarball: Path, task: str, raw: Path, limits: Limits | None = None) -> Path:
     """Extract ``tarball`` (one top-level folder holding dataset.json) as ``raw/<task>``; returns that path."""
     dest = raw / task
@@ -110,7 +119,7 @@ def extract(tarball: Path, task: str, raw: Path, limits: Limits | None = None) -
         try:
             with (
                 tarfile.open(tarball, "r:*") as tf,
-                bar(f"extract {tarball.name}", tar_size) as progress,
+                bar(f"extract {tarball.name}", None if _compressed(tarball) else tar_size) as progress,
             ):
                 for member in tf:
                     members += 1
