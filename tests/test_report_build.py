@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import pytest
 from pgps.errors import PGPSError
 from pgps.params import load_params
 from pgps.pipeline.evaluate import evaluate
-from pgps.report.build import build
+from pgps.report.build import build, convergence
 from pgps.report.tables import readme_table
 from report_fixtures import BASE_CASES, CASES, PGPS_CASES, TASK, train_and_evaluate, write_fold, write_params
 from report_fixtures import record as run_record
@@ -294,3 +295,17 @@ def test_killed_report_leaves_no_partial_file_as_done(workspace: Path) -> None:
     assert json.loads((results / "metrics.json").read_text())[TASK]["pgps"]["dice_folds"].keys() == {"fold_0", "fold_1"}
     assert sorted(p.name for p in (results / "plots").iterdir()) == PNGS
     assert not [p for p in results.rglob("*partial*")]
+
+
+def test_convergence_from_the_profile_or_report_converged(tmp_path: Path) -> None:
+    """Default: only the paper's budget (profile full) counts as converged; report.converged overrides it."""
+    for profile, expected in (("full", True), ("smoke", False), ("default", False)):
+        params = load_params(write_params(tmp_path, [0], profile))
+        converged, note = convergence(params)
+        assert converged is expected and note == f"profile `{profile}`, 4 epochs x 6 iterations"
+    params = load_params(write_params(tmp_path, [0], "full"))
+    report = dict(params.raw["report"])
+    converged, note = convergence(replace(params, raw={**params.raw, "report": {**report, "converged": False}}))
+    assert converged is False and note.endswith("report.converged: false")
+    with pytest.raises(PGPSError, match=r"params\.yaml: report\.converged: must be true or false, got 'yes'"):
+        convergence(replace(params, raw={**params.raw, "report": {**report, "converged": "yes"}}))

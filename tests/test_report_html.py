@@ -53,6 +53,8 @@ window.addEventListener("load", () => {{
     banner: [...document.querySelectorAll(".banner")].filter(visible).map((b) => b.innerText),
     text: document.body.innerText,
     requests: performance.getEntriesByType("resource").map((r) => r.name),
+    pageWidth: document.documentElement.scrollWidth,
+    viewportWidth: window.innerWidth,
   }};
   const pre = document.createElement("pre");
   pre.id = "pgps-check";
@@ -76,7 +78,7 @@ def _render(page: Path, tmp: Path) -> dict[str, Any]:
     checked = checked.replace("</body>", CHECK + "\n</body>")
     target = tmp / "check.html"
     target.write_text(checked)
-    cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'profile'}", "--window-size=1280,900"]
+    cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'profile'}", "--window-size=1024,900"]
     cmd += ["--virtual-time-budget=10000", "--dump-dom", target.as_uri()]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     found = re.search(r'<pre id="pgps-check">(.*?)</pre>', proc.stdout, re.DOTALL)
@@ -119,6 +121,7 @@ def test_browser_shows_claims_tables_and_every_plot(tmp_path: Path) -> None:
     assert re.search(rf"{TASK}\t0\.6250 ± 0\.0000\t0\.6713 ± 0\.0053 ↑", seen["text"]), seen["text"][:3000]
     assert not seen["banner"]
     assert seen["requests"] == []  # nothing fetched: plots are data: URIs, styles inline
+    assert seen["pageWidth"] <= seen["viewportWidth"]  # wide tables scroll inside the page, not the page
 
 
 def test_browser_shows_the_below_convergence_banner_and_no_false_spread(tmp_path: Path) -> None:

@@ -45,17 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def convergence(params: Params) -> tuple[bool, str]:
     """Did these runs train to convergence? ``report.converged`` in params.yaml if given, else the profile."""
     budget = params.budget
-    size = f"{budget.epochs} epochs x {budget.iters_per_epoch} iterations (the paper: 1000 x 250)"
+    note = f"profile `{params.profile}`, {budget.epochs} epochs x {budget.iters_per_epoch} iterations"
     report = params.raw.get("report") or {}
     if "converged" in report:
         value = report["converged"]
         if not isinstance(value, bool):
             raise PGPSError(f"{params.path}: report.converged: must be true or false, got {value!r}")
-        return value, f"params report.converged: {str(value).lower()}; profile `{params.profile}`, {size}"
-    converged = params.profile in CONVERGED_PROFILES
-    return converged, (
-        f"profile `{params.profile}`, {size}; if these runs did converge, set report.converged: true in params.yaml"
-    )
+        return value, f"{note}, report.converged: {str(value).lower()}"
+    return params.profile in CONVERGED_PROFILES, note
 
 
 def _load(path: Path, required: tuple[str, ...]) -> dict[str, Any]:

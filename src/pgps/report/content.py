@@ -27,8 +27,9 @@ def _banner(results: Results) -> list[Block]:
         return []
     return [
         Banner(
-            f"Below convergence: {results.convergence_note}. These numbers show that the pipeline trains and "
-            "measures, not what PGPS achieves; the Dice claims are marked not testable."
+            f"Below convergence: {results.convergence_note} (the paper: 1000 x 250). These numbers show that the "
+            "pipeline trains and measures, not what PGPS achieves; the Dice claims are marked not testable. "
+            "(Runs that did converge: set report.converged: true in params.yaml.)"
         )
     ]
 

@@ -87,7 +87,8 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; ma
        padding: 0 1rem; color: #1b1b1b; line-height: 1.45; }
 h1 { border-bottom: 2px solid #333; padding-bottom: .3rem; }
 h2 { margin-top: 2.2rem; border-bottom: 1px solid #ccc; padding-bottom: .2rem; }
-table { border-collapse: collapse; margin: .8rem 0 1.2rem; font-size: .9rem; }
+.table-wrap { overflow-x: auto; margin: .8rem 0 1.2rem; }
+table { border-collapse: collapse; font-size: .9rem; }
 th, td { border: 1px solid #bbb; padding: .3rem .55rem; text-align: left; vertical-align: top; }
 th { background: #eef1f5; }
 tr:nth-child(even) td { background: #fafafa; }
@@ -133,7 +134,8 @@ def html_page(blocks: list[Block], title: str, images: dict[str, bytes]) -> str:
             rows = "".join(
                 "<tr>" + "".join(f"<td{_cell_class(c)}>{_inline(c)}</td>" for c in row) + "</tr>" for row in b.rows
             )
-            body.append(f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            table = f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+            body.append(f'<div class="table-wrap">{table}</div>')  # a wide table scrolls, the page does not
         elif isinstance(b, Code):
             body.append(f"<pre>{html.escape(b.text, quote=False)}</pre>")
         elif isinstance(b, Image):
