@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgps.report import stats
-from pgps.report.records import BREAKDOWN_KEYS
+from pgps.report.records import BREAKDOWN_KEYS, CLOCK_DEFINITION
 
 #: the paper's method; its claims are checked for every run of this class
 PGPS_CLASS = "nnUNetTrainerPGPS"
@@ -71,6 +71,7 @@ class Results:
     timing: dict[str, dict[str, dict[str, Any]]]  # measured numbers per task and run
     comparisons: list[Comparison]
     reduced: dict[str, dict[str, Any]] = field(default_factory=dict)  # PGPS run -> matched reduced baseline
+    clock_definition: str = CLOCK_DEFINITION  # as the trainer wrote it into the run records
 
     def comparison(self, task: str, run: str, reference: str) -> Comparison | None:
         for c in self.comparisons:
@@ -247,6 +248,10 @@ def aggregate(
     folds = sorted({f.fold for by_run in runs.values() for fs in by_run.values() for f in fs})
     results = Results(profile, baseline, alpha, converged, convergence_note, folds, tasks, names, rows, timing, [])
     results.comparisons = comparisons
+    definitions = [
+        f.timings["clock"].get("definition") for by_run in runs.values() for fs in by_run.values() for f in fs
+    ]
+    results.clock_definition = next((d for d in definitions if d), CLOCK_DEFINITION)
     for pgps in results.pgps_runs():
         match = match_reduced_baseline(rows, pgps, baseline)
         results.reduced[pgps] = match

@@ -10,7 +10,7 @@ from pgps.report import claims as claims_mod
 from pgps.report import fmt
 from pgps.report.aggregate import Results
 from pgps.report.document import Banner, Block, Code, Heading, Image, Paragraph, Table
-from pgps.report.records import BREAKDOWN_KEYS, CLOCK_DEFINITION
+from pgps.report.records import BREAKDOWN_KEYS
 from pgps.report.tables import LEGEND, dice_table
 
 TITLE = "PGPS reproduction report"
@@ -39,9 +39,9 @@ def _intro(results: Results) -> Paragraph:
         f"Profile `{results.profile}`; {len(results.tasks)} task{'s' if len(results.tasks) != 1 else ''}; folds "
         f"{results.folds}; baseline run `{results.baseline}`. Dice = nnU-Net's `foreground_mean.Dice` on each "
         "held-out fold (final validation, sliding window at the full planned patch), mean ± std over folds. "
-        f"Training time: {CLOCK_DEFINITION}. Energy and CO2: codecarbon over the same training spans. Tests: "
-        f"two-sided Wilcoxon signed-rank on per-case Dice, direction from the per-case differences, Holm-corrected "
-        f"over all comparisons of this report ({results.family_size}), α = {results.alpha:g}."
+        f"Training time: {results.clock_definition}. Energy and CO2: codecarbon over the same training spans. "
+        "Tests: two-sided Wilcoxon signed-rank on per-case Dice, direction from the per-case differences, "
+        f"Holm-corrected over all comparisons of this report ({results.family_size}), α = {results.alpha:g}."
     )
 
 
@@ -176,7 +176,8 @@ def _timing(results: Results) -> list[Block]:
     return [
         Heading(2, "Training time, energy and CO2"),
         Paragraph(
-            f"One clock: {CLOCK_DEFINITION}. Sums over folds; ratios per fold against the baseline's same fold. "
+            f"One clock: {results.clock_definition}. Sums over folds; ratios per fold against the baseline's "
+            "same fold. "
             f"codecarbon tracking mode: {', '.join(modes) or 'not tracked'} (`process`: this run's processes; "
             "`machine`: the whole machine, other jobs' load included)."
         ),

@@ -31,7 +31,6 @@ from __future__ import annotations
 from typing import Any
 
 from pgps.report.aggregate import Comparison, Results
-from pgps.report.records import CLOCK_DEFINITION
 
 
 def _test_numbers(c: Comparison) -> dict[str, Any]:
@@ -87,7 +86,7 @@ TIMING_KEYS = (
 def timings_document(results: Results) -> dict[str, Any]:
     modes = sorted({m for t in results.tasks for n in results.names for m in results.timing[t][n]["tracking_modes"]})
     return {
-        "clock": CLOCK_DEFINITION,
+        "clock": results.clock_definition,
         "codecarbon_tracking_modes": modes,
         "tasks": {
             t: {n: {k: results.timing[t][n].get(k) for k in TIMING_KEYS} for n in results.names} for t in results.tasks
