@@ -1,27 +1,34 @@
-"""`pgps reproduce [--profile NAME]`: the whole pipeline (`dvc repro`) in the current workspace, then the table.
+"""`pgps reproduce [--profile NAME] [--list]`: the whole pipeline (`dvc repro`) in this workspace, then the table.
 
-A profile is a complete params file under ``profiles/``. Applying it copies it over ``params.yaml`` (after
-the same validation), because DVC reads its parameters from params.yaml, records their values in dvc.lock,
-and re-runs exactly the stages whose parameters changed; this needs neither an edit of dvc.yaml nor git
-(``dvc exp run --set-param`` would need a git commit in the workspace, which a Docker bind mount may lack).
-``git checkout params.yaml`` returns to the default profile.
+A profile is a complete params file under ``profiles/``. Applying it copies it over ``params.yaml`` (after the
+same validation, and never over a params.yaml with edits of its own: :mod:`pgps.pipeline.profiles`), because
+DVC reads its parameters from params.yaml, records their values in dvc.lock and re-runs exactly the stages
+whose parameters changed; this needs neither an edit of dvc.yaml nor git. ``--list`` shows a profile's grid
+and what it would cost without applying it: it changes nothing on disk (DVC expands the grid in a temporary
+copy of the pipeline definition).
+
+While DVC runs, every stage gets one line with its place in the whole and an ETA
+(:mod:`pgps.pipeline.stage_progress`); DVC's and the stages' own output passes through unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import shutil
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 from pgps import fileio
 from pgps.errors import PGPSError
 from pgps.params import PARAMS_FILE, load_params
+from pgps.pipeline.estimate import describe as describe_cost
+from pgps.pipeline.profiles import PROFILES_DIR, apply_profile, checked_profile, profile_path
+from pgps.pipeline.stage_progress import RUNNING, StageProgress
 
-PROFILES_DIR = Path("profiles")
+__all__ = ["PROFILES_DIR", "add_arguments", "apply_profile", "main"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,22 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--force", action="store_true", help="re-run every stage (dvc repro --force)")
     parser.add_argument(
-        "--list", action="store_true", help="apply the profile and list the grid's stages (dvc stage list); run nothing"
+        "--list",
+        action="store_true",
+        help="list the stages of params.yaml (or of --profile NAME) and what they would cost; run and change nothing",
     )
-
-
-def apply_profile(name: str, params_file: Path = PARAMS_FILE) -> bool:
-    """Validate ``profiles/<name>.yaml`` and copy it over params.yaml; True if params.yaml changed."""
-    profile = Path(name) if name.endswith((".yaml", ".yml")) else PROFILES_DIR / f"{name}.yaml"
-    if not profile.is_file():
-        known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))) or "none"
-        raise PGPSError(f"{profile}: no such profile (available: {known})")
-    load_params(profile)  # same rules as params.yaml: a bad profile never reaches it
-    text = profile.read_text()
-    if params_file.is_file() and params_file.read_text() == text:
-        return False
-    fileio.write_text(params_file, text)
-    return True
 
 
 def dvc_executable() -> str:
@@ -53,43 +48,98 @@ def dvc_executable() -> str:
     return str(local) if local.exists() else "dvc"
 
 
-def summary(results: Path = Path("results/metrics.json"), params_file: Path = PARAMS_FILE) -> str:
-    from pgps.report.markdown import summary_table
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"  # DVC's lines reach the progress reader as they are written
+    return env
 
-    try:
-        metrics = json.loads(results.read_text())
-    except FileNotFoundError:
-        raise PGPSError(f"{results}: not found after dvc repro (did the report stage run?)") from None
-    except json.JSONDecodeError as exc:
-        raise PGPSError(f"{results}: not valid JSON ({exc.msg})") from None
-    return summary_table(metrics, metrics.get("baseline") or load_params(params_file).baseline)
+
+def list_stages(params_file: Path) -> list[str]:
+    """DVC's own expansion of dvc.yaml against ``params_file``, done in a temporary copy (nothing here changes)."""
+    with tempfile.TemporaryDirectory(prefix="pgps-list-") as tmp:
+        root = Path(tmp)
+        shutil.copy2("dvc.yaml", root / "dvc.yaml")
+        shutil.copy2(params_file, root / "params.yaml")
+        for cmd in ([dvc_executable(), "init", "--no-scm", "-q"], [dvc_executable(), "stage", "list", "--name-only"]):
+            proc = subprocess.run(cmd, cwd=root, env=_env(), capture_output=True, text=True)
+            if proc.returncode != 0:
+                message = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+                raise PGPSError(f"dvc.yaml with {params_file}: `dvc {cmd[1]}` failed: {message[-1] if message else ''}")
+    return proc.stdout.split()
+
+
+def show_list(profile: str | None) -> None:
+    params_file = checked_profile(profile) if profile else PARAMS_FILE
+    params = load_params(params_file)
+    stages = list_stages(params_file)
+    for name in stages:
+        print(name)
+    print(f"\n{params_file}: profile {params.profile}, {len(stages)} stages; nothing was run or changed")
+    for line in describe_cost(params):
+        print(line)
+
+
+def planned_stages(force: bool) -> list[str]:
+    """The stages `dvc repro` is expected to run: all of them with ``force``, else those dvc.lock does not
+    match and everything downstream of them."""
+    from pgps.grid.dag import load_grid
+
+    grid = load_grid(Path.cwd(), check_status=not force)
+    return [job.name for job in grid.runnable()]
+
+
+def run_dvc_repro(force: bool) -> float:
+    """`dvc repro`, its output passed through, plus one progress line per stage; returns the wall seconds."""
+    planned = planned_stages(force)
+    progress = StageProgress(planned)
+    cmd = [dvc_executable(), "repro"] + (["--force"] if force else [])
+    print("+ " + " ".join(["dvc", *cmd[1:]]) + f"  ({len(planned)} stages to run)", flush=True)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, text=True, bufsize=1)
+    assert proc.stdout is not None
+    with proc.stdout:
+        for line in proc.stdout:
+            match = RUNNING.match(line)
+            if match:
+                print(progress.started(match.group(1)), flush=True)
+            sys.stdout.write(line)
+            sys.stdout.flush()
+    returncode = proc.wait()
+    elapsed = progress.finished()
+    if returncode != 0:
+        raise PGPSError(f"dvc repro failed (exit {returncode}); the failing stage's message is above")
+    return elapsed
+
+
+def summary(results: Path = Path("results")) -> str:
+    """The terminal table from the report's two JSON files (deterministic metrics + measured timings)."""
+    from pgps.report.tables import baseline_of, summary_table
+
+    metrics_file, timings_file = results / "metrics.json", results / "timings.json"
+    if not metrics_file.is_file():
+        raise PGPSError(f"{metrics_file}: not found after dvc repro (did the report stage run?)")
+    metrics = fileio.read_json(metrics_file, "written by the report stage")
+    timings = fileio.read_json(timings_file, "written by the report stage") if timings_file.is_file() else None
+    return summary_table(metrics, baseline_of(metrics, str(metrics_file)), timings)
 
 
 def main(args: argparse.Namespace) -> int:
     if not Path("dvc.yaml").is_file() or not Path(".dvc").is_dir():
         raise PGPSError(f"{Path.cwd()}: no dvc.yaml and .dvc/ here; run `pgps reproduce` from the repository root")
+    if args.list:
+        show_list(args.profile)
+        return 0
     if args.profile:
         changed = apply_profile(args.profile)
+        source = profile_path(args.profile)
         print(
-            f"profile {args.profile}: params.yaml "
-            + ("updated (git checkout params.yaml to go back)" if changed else "already matches"),
+            f"profile {args.profile}: {PARAMS_FILE} "
+            + (f"replaced by {source} (--profile default goes back)" if changed else f"already is {source}"),
             flush=True,
         )
     load_params(PARAMS_FILE)  # one clear error before DVC starts anything
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    if args.list:
-        cmd = [dvc_executable(), "stage", "list"]
-    else:
-        cmd = [dvc_executable(), "repro"] + (["--force"] if args.force else [])
-    start = time.monotonic()
-    print("+ " + " ".join(["dvc", *cmd[1:]]), flush=True)
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode != 0:
-        raise PGPSError(f"dvc {cmd[1]} failed (exit {proc.returncode}); the failing stage's message is above")
-    elapsed = time.monotonic() - start
-    if not args.list:
-        print()
-        print(summary())
-        print(f"\npipeline wall time: {elapsed:.0f} s; report: results/report.md, plots: results/plots/")
+    elapsed = run_dvc_repro(args.force)
+    print()
+    print(summary())
+    print(f"\npipeline wall time: {elapsed:.0f} s; report: results/report.md, plots: results/plots/")
     return 0
