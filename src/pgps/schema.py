@@ -337,6 +337,8 @@ class ReportSection(_Section):
     alpha: Annotated[
         float, _check(lambda v: 0 < v < 1, lambda v: f"must be a significance level between 0 and 1, got {show(v)}")
     ]
+    # did the runs train to convergence? null: decided by the profile (only `full` counts as converged)
+    converged: bool | None = None
 
 
 class ResourcesSpec(_Section):
