@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 
 FORK_SERVER = r"""
 import json, os, signal, sys
-import pgps.cli, pgps.data.msd, pgps.data.synthetic, pgps.data.phantom, pgps.data.publish, pgps.data.extract
+import pgps.cli, pgps.data.msd, pgps.data.synthetic, pgps.data.phantom, pgps.fileio, pgps.data.extract
 import nibabel, numpy, scipy.ndimage  # imported before forking, so children open no module files
 
 FS_EVENTS = {"open", "os.mkdir", "os.rename", "os.remove", "os.rmdir", "os.chmod", "shutil.rmtree",

@@ -1,10 +1,11 @@
 """The one way this project writes and reads its files.
 
 Writes are atomic: content goes to a temp entry in the SAME directory (``.<name>.<random>.partial``), is
-fsynced, and replaces the target with one ``os.replace``; the directory is fsynced after the rename. A
-process killed at any instant (SIGKILL included) leaves either the old file or the new one, never a torn
-one, and leftovers are recognisable by their ``.partial`` suffix (``clean_partials`` removes them). New
-files get the mode ``open()`` would give them under the current umask.
+fsynced, and replaces the target with one ``os.replace``; the directory is fsynced after the rename. Folders
+are built the same way and swapped in with one ``renameat2(RENAME_EXCHANGE)`` where Linux offers it. A
+process killed at any instant (SIGKILL included) leaves either the old file/folder or the new one, never a
+torn or mixed one, and leftovers are recognisable by their ``.partial`` suffix (``clean_partials`` removes
+them). New entries get the mode ``open()``/``mkdir()`` would give them under the current umask.
 
 JSON is written strict: NaN and infinities become ``null``, so every file parses with any JSON reader.
 Reads raise :class:`~pgps.errors.PGPSError` naming the file and the problem (one line).
@@ -14,10 +15,13 @@ Only the standard library: the trainer package (``pip install pgps``, no pipelin
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +31,9 @@ from typing import Any
 from pgps.errors import PGPSError
 
 PARTIAL = ".partial"  # the suffix of every temp entry this module creates
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_EXCHANGE_UNSUPPORTED = {errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV}
 
 StrPath = str | os.PathLike[str]
 
@@ -37,7 +44,7 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: StrPath) -> None:
     """Make a rename durable (POSIX: the directory entry is data of the directory)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -63,7 +70,7 @@ def fsync_tree(root: StrPath) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(folder))
+        fsync_dir(Path(folder))
 
 
 def _temp_file(target: Path) -> Path:
@@ -78,7 +85,7 @@ def _publish(tmp: Path, target: Path) -> None:
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def write_with(path: StrPath, write: Callable[[Path], None]) -> None:
@@ -174,19 +181,54 @@ def atomic_dir(path: StrPath) -> Iterator[Path]:
         raise
 
 
+def _renameat2() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        func = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+def exchange(a: StrPath, b: StrPath) -> bool:
+    """Swap two existing paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system or
+    the filesystem cannot (nothing changed then)."""
+    func = _renameat2()
+    if func is None:
+        return False
+    sys.audit("pgps.exchange", str(a), str(b))  # lets kill-at-every-step tests stop right here
+    if func(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _EXCHANGE_UNSUPPORTED:
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def replace_dir(src: StrPath, dst: StrPath) -> None:
-    """Move the complete folder ``src`` to ``dst``, replacing an old ``dst`` (moved aside first, then deleted):
-    at every instant ``dst`` is either the old folder, absent for the length of one rename, or the new one."""
+    """Move the complete folder ``src`` to ``dst``. An old ``dst`` is swapped out in one step where the system
+    can (then ``dst`` is the old or the new folder at every instant) and deleted; elsewhere it is moved aside
+    first (``dst`` is then absent for the length of one rename). Leftovers are ``.partial`` entries."""
     src, dst = Path(src), Path(dst)
     if dst.exists() or dst.is_symlink():
+        if exchange(src, dst):
+            fsync_dir(dst.parent)
+            if src.is_dir() and not src.is_symlink():
+                shutil.rmtree(src, ignore_errors=True)  # the old generation, under the temp name
+            else:
+                src.unlink(missing_ok=True)
+            return
         old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", suffix=PARTIAL, dir=dst.parent))
         os.replace(dst, old / dst.name)
         os.replace(src, dst)
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(src, dst)
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
 
 
 def clean_partials(folder: StrPath, name: str) -> None:

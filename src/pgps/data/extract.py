@@ -6,7 +6,7 @@ order), more than one top-level folder, an archive without members. For a tarbal
 supplied (not one of the published MSD checksums) the archive is also capped, against decompression bombs: at
 most ``max_ratio`` times the tarball's size in extracted bytes and ``max_members`` members, both checked before a
 member is written. The members land in a temp folder that is swapped in as the task folder in one step
-(``pgps.data.publish``).
+(``pgps.fileio.atomic_dir``).
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from pathlib import Path, PurePosixPath
 
 from pgps.data.messages import squeeze
 from pgps.data.progress import bar
-from pgps.data.publish import building
 from pgps.errors import PGPSError
-from pgps.fileio import clean_partials
+from pgps.fileio import atomic_dir, clean_partials
 
 CHUNK = 1 << 20
 DEFAULT_MAX_RATIO = 50.0  # MSD ships .nii.gz in a plain tar (ratio ~1); a tar.gz of raw .nii stays well below
@@ -115,7 +114,7 @@ def extract(tarball: Path, task: str, raw: Path, limits: Limits | None = None) -
     layout = _Layout(tarball)
     top: str | None = None
     members = extracted = 0
-    with building(dest) as tmp:
+    with atomic_dir(dest) as tmp:
         try:
             with (
                 tarfile.open(tarball, "r:*") as tf,

@@ -12,7 +12,7 @@ schedule sees unequal poolings. Files are byte-identical for the same seed (gzip
 DVC hashes are stable. Test labels are written to ``labelsTs/`` (not listed in dataset.json, as
 in MSD) so a held-out Dice can be computed.
 
-Replacing an existing task is atomic (``pgps.data.publish``): killed at any instant, the folder holds the old
+Replacing an existing task is atomic (``pgps.fileio.atomic_dir``): killed at any instant, the folder holds the old
 generation or the new one, never a mix, and the next run removes what the killed one left.
 
 Importing this module is cheap (no numpy, nibabel, scipy): ``VARIANTS`` and ``TASK_VARIANT`` are read by code
@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgps.data.messages import user_errors
-from pgps.data.publish import building
 from pgps.errors import PGPSError
-from pgps.fileio import clean_partials, dumps_json
+from pgps.fileio import atomic_dir, clean_partials, dumps_json
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ def make_task(out_dir: Path, seed: int, variant: str = "iso", num_train: int = 1
     clean_partials(out_dir, spec.task_name)  # what a killed run left: its temp folder, or the old generation
     prefix = spec.task_name.split("_", 1)[1].lower()
     rngs = case_rngs(seed, num_train + num_test)
-    with building(target) as tmp:
+    with atomic_dir(target) as tmp:
         for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
             (tmp / sub).mkdir()
         training, test = [], []
