@@ -19,7 +19,7 @@ from pgps.pipeline import nnunet_cli
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("raw", type=Path, help="MSD-layout task folder, e.g. data/raw/Task901_PGPSSynth")
     parser.add_argument("--out", type=Path, required=True, help="this task's nnUNet_raw root")
-    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="params file (default params.yaml)")
 
 
 def dataset_dir(root: Path) -> Path:

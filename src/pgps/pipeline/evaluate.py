@@ -29,13 +29,13 @@ TIMINGS_NAME = "timings.json"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_root", type=Path, help="the run's nnUNet_results root (pgps train --out)")
-    parser.add_argument("--task", required=True)
+    parser.add_argument("--task", required=True, help="task name recorded with the metrics, e.g. Task901_PGPSSynth")
     parser.add_argument("--trainer", required=True, help="run name under `trainers` in params.yaml")
-    parser.add_argument("--fold", type=int, required=True)
+    parser.add_argument("--fold", type=int, required=True, help="cross-validation fold of the run")
     parser.add_argument("--raw-root", type=Path, required=True, help="the task's nnUNet_raw root (test images)")
     parser.add_argument("--test-labels", type=Path, default=None, help="folder of test labels, if any")
     parser.add_argument("--out", type=Path, required=True, help="folder for metrics.json (+ test predictions)")
-    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="params file (default params.yaml)")
 
 
 def predict_test(

@@ -20,7 +20,7 @@ from pgps.pipeline.convert import dataset_dir
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("raw_root", type=Path, help="the task's nnUNet_raw root (from pgps convert)")
     parser.add_argument("--out", type=Path, required=True, help="this task's nnUNet_preprocessed root")
-    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="params file (default params.yaml)")
 
 
 def dataset_id(dataset: Path) -> int:

@@ -31,10 +31,10 @@ from pgps.pipeline.run_settings import run_settings
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trainer", required=True, help="run name under `trainers` in params.yaml")
-    parser.add_argument("--fold", type=int, required=True)
+    parser.add_argument("--fold", type=int, required=True, help="cross-validation fold (0-4)")
     parser.add_argument("--preprocessed", type=Path, required=True, help="the task's nnUNet_preprocessed root")
     parser.add_argument("--out", type=Path, required=True, help="this run's nnUNet_results root")
-    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="params file (default params.yaml)")
 
 
 def fold_dir(results_root: Path, trainer_class: str, configuration: str, fold: int) -> Path:

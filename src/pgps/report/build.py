@@ -33,8 +33,8 @@ OUTPUTS = ("metrics.json", "timings.json", "report.md", "report.html", "plots", 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=Path, default=Path("results/runs"), help="evaluate stage outputs")
-    parser.add_argument("--out", type=Path, default=Path("results"))
-    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    parser.add_argument("--out", type=Path, default=Path("results"), help="output folder (default results)")
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="params file (default params.yaml)")
     parser.add_argument(
         "--readme-table",
         action="store_true",
