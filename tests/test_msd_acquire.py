@@ -17,7 +17,7 @@ import pytest
 
 from msd_server import TASK, build_task_tar, md5, serve, tar_of
 from pgps.cli import main as cli
-from pgps.data.msd import MSD_MD5
+from pgps.data.catalog import MSD_MD5
 from pgps.data.validate import validate_msd_task
 
 PGPS = [sys.executable, "-m", "pgps.cli"]

@@ -19,8 +19,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pgps.data.msd import MSD_MD5
-from pgps.data.synthetic import TASK_VARIANT, VARIANTS
+from pgps.data.catalog import MSD_MD5, TASK_VARIANT, VARIANTS
 from pgps.errors import PGPSError
 from pgps.params import load_params
 from pgps.paths import TRAINERS_DIR

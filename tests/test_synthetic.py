@@ -56,14 +56,17 @@ def test_cli_rejects_bad_variant_cleanly(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_task_lists_import_without_numerical_libraries() -> None:
-    """Other code lists the tasks from MSD_MD5 and VARIANTS/TASK_VARIANT: that must not import torch, numpy,
-    nibabel or scipy (seconds on a loaded machine), only the standard library and pgps."""
+    """Other code (the params schema, hence every pipeline stage) lists the tasks from pgps.data.catalog: that
+    must import nothing but the standard library and pgps' own package markers -- not the downloader, not the
+    generator, not torch/numpy/nibabel/scipy (a change there must not look like a change of every stage)."""
     code = (
         "import sys\n"
-        "from pgps.data.msd import MSD_MD5\n"
-        "from pgps.data.synthetic import TASK_VARIANT, VARIANTS\n"
+        "before = set(sys.modules)\n"
+        "from pgps.data.catalog import MSD_MD5, TASK_VARIANT, VARIANTS\n"
+        "loaded = sorted(m for m in set(sys.modules) - before if m.startswith('pgps'))\n"
         "heavy = sorted({'torch', 'numpy', 'nibabel', 'scipy', 'tqdm'} & set(sys.modules))\n"
-        "print(len(MSD_MD5), sorted(TASK_VARIANT), sorted(VARIANTS), heavy)\n"
+        "print(len(MSD_MD5), sorted(TASK_VARIANT), sorted(VARIANTS), heavy, loaded)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "10 ['Task901_PGPSSynth', 'Task902_PGPSSynthAniso'] ['aniso', 'iso'] []"
+    tasks = "['Task901_PGPSSynth', 'Task902_PGPSSynthAniso']"
+    assert out.strip() == f"10 {tasks} ['aniso', 'iso'] [] ['pgps', 'pgps.data', 'pgps.data.catalog']"

@@ -23,8 +23,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from pgps.data.msd import MSD_MD5
-from pgps.data.synthetic import TASK_VARIANT
+from pgps.data.catalog import MSD_MD5, TASK_VARIANT
 from pgps.errors import PGPSError
 from pgps.nnunet.knobs import parse_time_budget
 from pgps.paths import TRAINERS_DIR

@@ -24,6 +24,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from pgps.data.catalog import MSD_MD5, TASK_NAME_RE, TASK_VARIANT
 from pgps.data.download import download
 from pgps.data.extract import DEFAULT_MAX_MEMBERS, DEFAULT_MAX_RATIO, Limits, extract, remove_leftovers
 from pgps.data.fsinspect import file_problem
@@ -33,29 +34,14 @@ from pgps.errors import PGPSError
 from pgps.fileio import clean_partials, write_with
 from pgps.paths import data_root
 
-# The public mirror MONAI's DecathlonDataset uses (no sign-in), and the MD5 of each tarball as MONAI publishes it.
+# The public mirror MONAI's DecathlonDataset uses (no sign-in); the MD5s are in pgps.data.catalog.
 DEFAULT_URL_BASE = "https://msd-for-monai.s3-us-west-2.amazonaws.com"
-MSD_MD5: dict[str, str] = {
-    "Task01_BrainTumour": "240a19d752f0d9e9101544901065d872",
-    "Task02_Heart": "06ee59366e1e5124267b774dbd654057",
-    "Task03_Liver": "a90ec6c4aa7f6a3d087205e23d4e6397",
-    "Task04_Hippocampus": "9d24dba78a72977dbd1d2e110310f31b",
-    "Task05_Prostate": "35138f08b1efaef89d7424d2bcc928db",
-    "Task06_Lung": "8afd997733c7fc0432f71255ba4e52dc",
-    "Task07_Pancreas": "4f7080cfca169fa8066d17ce6eb061e4",
-    "Task08_HepaticVessel": "641d79e80ec66453921d997fbf12a29c",
-    "Task09_Spleen": "410d4a301da4e5b2f6f86ec3ddba524e",
-    "Task10_Colon": "bad7a188931dc2f6acf72b08eb6202d0",
-}
-TASK_NAME_RE = re.compile(r"^Task\d{2,3}_[A-Za-z0-9]+$")
-MD5_RE = re.compile(r"^[0-9a-f]{32}$")
+MD5_RE = re.compile(r"[0-9a-f]{32}")  # use with fullmatch
 CHUNK = 1 << 20
 
 
 def synthetic_tasks() -> dict[str, str]:
     """Task name -> generator variant, read from the generator so the two never disagree."""
-    from pgps.data.synthetic import TASK_VARIANT
-
     return dict(TASK_VARIANT)
 
 
@@ -63,7 +49,7 @@ def expected_md5(task: str, md5: str | None) -> str:
     """The checksum to verify against: the published one, or the user's for a task outside the table."""
     if md5 is not None:
         md5 = md5.strip().lower()
-        if not MD5_RE.match(md5):
+        if not MD5_RE.fullmatch(md5):
             raise PGPSError(f"--md5 {md5!r}: not a 32-digit hexadecimal MD5")
         return md5
     if task not in MSD_MD5:
@@ -176,7 +162,7 @@ def acquire(
         from pgps.data.synthetic import make_task
 
         return make_task(raw, seed=seed, variant=synthetic[task])
-    if not TASK_NAME_RE.match(task):
+    if not TASK_NAME_RE.fullmatch(task):
         raise PGPSError(f"invalid task name {task!r}: expected TaskNN_Name, e.g. Task04_Hippocampus")
     want = expected_md5(task, md5)
     dest = raw / task

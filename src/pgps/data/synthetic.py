@@ -15,33 +15,19 @@ in MSD) so a held-out Dice can be computed.
 Replacing an existing task is atomic (``pgps.fileio.atomic_dir``): killed at any instant, the folder holds the old
 generation or the new one, never a mix, and the next run removes what the killed one left.
 
-Importing this module is cheap (no numpy, nibabel, scipy): ``VARIANTS`` and ``TASK_VARIANT`` are read by code
-that lists the tasks; the images come from ``pgps.data.phantom``, imported when a task is made.
+The variants live in ``pgps.data.catalog`` (data only); the images come from ``pgps.data.phantom``, imported
+when a task is made.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
 
+from pgps.data.catalog import VARIANTS
 from pgps.data.messages import user_errors
 from pgps.errors import PGPSError
 from pgps.fileio import atomic_dir, clean_partials, dumps_json
-
-
-@dataclass(frozen=True)
-class Variant:
-    task_name: str
-    shape: tuple[int, int, int]  # (z, y, x) voxels
-    spacing: tuple[float, float, float]  # (z, y, x) mm
-
-
-VARIANTS: dict[str, Variant] = {
-    "iso": Variant("Task901_PGPSSynth", (32, 32, 32), (1.0, 1.0, 1.0)),
-    "aniso": Variant("Task902_PGPSSynthAniso", (16, 40, 40), (3.0, 1.0, 1.0)),
-}
-TASK_VARIANT = {v.task_name: k for k, v in VARIANTS.items()}
 
 
 def make_task(out_dir: Path, seed: int, variant: str = "iso", num_train: int = 12, num_test: int = 4) -> Path:
