@@ -1,5 +1,7 @@
 # One entry point for the three users: `make reproduce` (the pipeline), `make test` (CI), `make bench`.
-# Everything installs itself on a fresh machine: a pinned venv (.venv) from requirements.lock.
+# Everything installs itself on a fresh machine: a venv (.venv) with exactly requirements.lock, every file
+# checked against its sha256 (--require-hashes), then this checkout on top (--no-deps: nothing re-resolved).
+# The trainer package alone, for your own nnU-Net: `pip install .` (see README, "Installing the trainers").
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -10,7 +12,7 @@ export nnUNet_n_proc_DA ?= 0
 export nnUNet_def_n_proc ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup system-deps reproduce test test-fast lint bench clean
+.PHONY: setup system-deps reproduce test test-fast lint lock bench clean
 
 setup: $(STAMP)
 
@@ -18,7 +20,8 @@ $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (the pins are for CPython 3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check pip==24.3.1
-	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
 # Debian packages the Docker and SLURM test stages need (root, idempotent; skipped when present).
@@ -31,17 +34,24 @@ reproduce: setup
 lint: setup
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/mypy  # src/, configured in pyproject.toml
 
+# tests/test_core_install.py's fresh Python 3.12 venv installs in the background from collection on and
+# runs last (tests/conftest.py); --durations lists the slowest tests at the end.
 test: setup system-deps
 	$(BIN)/ruff check src tests benchmarks scripts
-	$(BIN)/python -m pytest -q --timeout=1500
+	$(BIN)/python -m pytest -q --timeout=1500 --durations=25
 
 # the fast tier: no training, no daemons
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow and not docker and not slurm"
+	$(BIN)/python -m pytest -q --durations=10 -m "not slow and not docker and not slurm and not core_install"
 
 bench: setup
 	$(BIN)/python benchmarks/run_benchmark.py
 
+# Regenerate requirements.lock (keeps the pins, adds what pyproject.toml newly asks for; --upgrade: newest).
+lock:
+	python3.11 scripts/lock_requirements.py
+
 clean:
-	rm -rf .pytest_cache .ruff_cache .hypothesis
+	rm -rf .pytest_cache .ruff_cache .mypy_cache .hypothesis
