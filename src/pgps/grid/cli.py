@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the jobs and their requests, submit nothing")
     add_resource_flags(p)
     s = sub.add_parser("status", help="per run: queued/running/done/failed, stage, epoch, time left, log")
-    s.add_argument("--folder", type=Path, default=DEFAULT_FOLDER)
+    s.add_argument("--folder", type=Path, default=DEFAULT_FOLDER, help="job logs and the grid's state file")
     s.add_argument("--json", action="store_true", help="machine-readable rows")
     s.add_argument(
         "--state",
@@ -42,9 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     r = sub.add_parser("requeue", help="put cancelled/failed/running runs back in the queue (they resume)")
     r.add_argument("runs", nargs="+", help="run names as `pgps grid status` lists them")
-    r.add_argument("--folder", type=Path, default=DEFAULT_FOLDER)
+    r.add_argument("--folder", type=Path, default=DEFAULT_FOLDER, help="job logs and the grid's state file")
     c = sub.add_parser("cancel", help="scancel every job of the grid that has not ended")
-    c.add_argument("--folder", type=Path, default=DEFAULT_FOLDER)
+    c.add_argument("--folder", type=Path, default=DEFAULT_FOLDER, help="job logs and the grid's state file")
 
 
 def _active(folder: Path) -> list[str]:
