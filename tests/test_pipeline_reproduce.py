@@ -214,3 +214,75 @@ def test_progress_lines_count_the_stages_and_the_eta_comes_from_finished_ones() 
     assert progress.finished() == 300 and progress.done["report"] == 10
     # a stage DVC runs beyond the plan is counted, not dropped
     assert progress.started("evaluate@T-pgps-1").startswith("[7/7] evaluate T pgps fold 1")
+
+
+METRICS = "results/metrics.json"
+WAIT_FOR = (
+    "import pathlib, sys, time\n"
+    "here, other = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])\n"
+    "here.write_text('started')\n"
+    "deadline = time.monotonic() + 60\n"
+    "while not other.exists():\n"
+    "    if time.monotonic() > deadline: sys.exit('the other stage never ran at the same time')\n"
+    "    time.sleep(0.01)\n"
+)
+
+
+def _toy_pipeline(ws: Path, fail: bool = False) -> None:
+    """Two independent stages that each wait for the other to have started (they can only finish when run at
+    once), then one that needs both; a real DVC repository with the project's params.yaml."""
+    (ws / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
+    (ws / "wait.py").write_text(WAIT_FOR)
+    metrics = json.dumps({"T": {"constant": {"dice_mean": 0.5, "dice_std": None}}})
+    report = f"mkdir -p results && echo '{metrics}' > {METRICS}"
+    last = "exit 3" if fail else f"cat a/started b/started > both.txt && {report}"
+    stages = {
+        "a": {"cmd": "mkdir -p a && python wait.py a/started b/started", "deps": ["wait.py"], "outs": ["a"]},
+        "b": {"cmd": "mkdir -p b && python wait.py b/started a/started", "deps": ["wait.py"], "outs": ["b"]},
+        "both": {"cmd": last, "deps": ["a", "b"], "outs": ["both.txt", METRICS]},
+    }
+    (ws / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
+    subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=ws, check=True)
+
+
+def test_stages_run_side_by_side_and_each_is_recorded_in_dvc_lock(tmp_path: Path) -> None:
+    _toy_pipeline(tmp_path)
+    proc = _pgps("reproduce", "--jobs", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = re.findall(r"^\[(\d)/3\] (\S+) \|", proc.stdout, re.MULTILINE)
+    assert sorted(lines[:2]) == [("1", "a"), ("2", "b")] or sorted(n for _, n in lines[:2]) == ["a", "b"]
+    assert lines[2] == ("3", "both")
+    assert (tmp_path / "both.txt").read_text() == "startedstarted"
+    assert "Updating lock file" not in proc.stdout  # DVC's chatter per commit stays out
+    assert re.search(r"^T\s+constant \(baseline\)\s+0\.5000", proc.stdout, re.MULTILINE)  # the table at the end
+    assert (tmp_path / "logs" / "reproduce" / "a.log").read_text().startswith("+ (cd ")
+    lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"a", "b", "both"}
+    status = subprocess.run([str(BIN / "dvc"), "status"], cwd=tmp_path, capture_output=True, text=True)
+    assert "Data and pipelines are up to date." in status.stdout
+    again = _pgps("reproduce", "--jobs", "2", "--list", cwd=tmp_path)
+    assert again.returncode == 0 and "3 stages; nothing was run or changed" in again.stdout
+
+
+def test_a_failed_stage_is_named_and_the_finished_ones_stay_recorded(tmp_path: Path) -> None:
+    _toy_pipeline(tmp_path, fail=True)
+    proc = _pgps("reproduce", "--jobs", "2", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "pgps reproduce: error: stage both failed; its output: logs/reproduce/both.log (its last lines are above)"
+    )
+    assert "both: FAILED (exit 3)" in proc.stdout
+    lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"a", "b"}  # what finished is kept: a rerun starts at the failed stage
+    status = subprocess.run([str(BIN / "dvc"), "status"], cwd=tmp_path, capture_output=True, text=True).stdout
+    assert "both:" in status and "a:" not in status.splitlines()[0:1]
+
+
+def test_default_jobs_follow_the_pinned_threads() -> None:
+    from pgps.pipeline.reproduce import default_jobs
+
+    params = load_params(ROOT / "params.yaml")
+    threads = params.runtime["threads"]
+    assert default_jobs(params, cores=2) == (2 // threads if threads else 1)
+    assert default_jobs(load_params(ROOT / "profiles" / "full.yaml"), cores=64) == 1  # one GPU

@@ -8,7 +8,9 @@ and what it would cost without applying it: it changes nothing on disk (DVC expa
 copy of the pipeline definition).
 
 While DVC runs, every stage gets one line with its place in the whole and an ETA
-(:mod:`pgps.pipeline.stage_progress`); DVC's and the stages' own output passes through unchanged.
+(:mod:`pgps.pipeline.stage_progress`). With one job that is `dvc repro` itself, its and the stages' output
+passed through; a CPU profile with pinned threads runs DVC's stages several at once
+(:mod:`pgps.pipeline.parallel`), the same commands and the same bits, recorded in dvc.lock as `dvc repro` would.
 """
 
 from __future__ import annotations
@@ -23,12 +25,16 @@ from pathlib import Path
 
 from pgps import fileio
 from pgps.errors import PGPSError
-from pgps.params import PARAMS_FILE, load_params
+from pgps.params import PARAMS_FILE, Params, load_params
 from pgps.pipeline.estimate import describe as describe_cost
+from pgps.pipeline.parallel import LOG_DIR, run_stages
 from pgps.pipeline.profiles import PROFILES_DIR, apply_profile, checked_profile, profile_path
-from pgps.pipeline.stage_progress import RUNNING, StageProgress
+from pgps.pipeline.stage_progress import RUNNING, StageProgress, describe
 
 __all__ = ["PROFILES_DIR", "add_arguments", "apply_profile", "main"]
+
+#: more trainings at once gain little on the reduced task, and each holds about 1.5 GB of memory
+MAX_AUTO_JOBS = 4
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,10 +43,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--force", action="store_true", help="re-run every stage (dvc repro --force)")
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="stages at once (default: on a CPU profile with pinned threads, the cores over runtime.threads, at most "
+        f"{MAX_AUTO_JOBS}; else 1); 1 = `dvc repro` itself",
+    )
+    parser.add_argument(
         "--list",
         action="store_true",
         help="list the stages of params.yaml (or of --profile NAME) and what they would cost; run and change nothing",
     )
+
+
+def default_jobs(params: Params, cores: int | None = None) -> int:
+    """Stages at once: as many as the machine's cores hold at the pinned thread count (a CPU profile), else 1
+    (a GPU profile's stages share the one GPU; an unpinned thread count takes every core)."""
+    threads = params.runtime["threads"]
+    if params.device != "cpu" or not threads:
+        return 1
+    cores = cores or len(os.sched_getaffinity(0))
+    return max(1, min(cores // threads, MAX_AUTO_JOBS))
 
 
 def dvc_executable() -> str:
@@ -111,6 +134,30 @@ def run_dvc_repro(force: bool) -> float:
     return elapsed
 
 
+def run_in_parallel(force: bool, jobs: int) -> float:
+    """DVC's stages ``jobs`` at a time (:mod:`pgps.pipeline.parallel`), each committed to dvc.lock when done."""
+    from pgps.grid.dag import load_grid
+
+    root = Path.cwd()
+    todo = load_grid(root, check_status=not force).runnable()
+    progress = StageProgress([job.name for job in todo], jobs=jobs)
+    print(
+        f"+ {len(todo)} stages of dvc.yaml (the commands `dvc repro` runs), {jobs} at a time, each recorded in "
+        f"dvc.lock when done; their output: {LOG_DIR}/",
+        flush=True,
+    )
+
+    def ended(stage: str, returncode: int) -> None:
+        seconds = progress.ended(stage)
+        if returncode != 0:
+            print(f"  {describe(stage)}: FAILED (exit {returncode}) after {seconds:.0f} s", flush=True)
+
+    run_stages(root, todo, jobs, lambda stage: print(progress.started(stage), flush=True), ended)
+    if not todo:
+        print("Data and pipelines are up to date.", flush=True)
+    return progress.finished()
+
+
 def summary(results: Path = Path("results")) -> str:
     """The terminal table from the report's two JSON files (deterministic metrics + measured timings)."""
     from pgps.report.tables import baseline_of, summary_table
@@ -137,8 +184,11 @@ def main(args: argparse.Namespace) -> int:
             + (f"replaced by {source} (--profile default goes back)" if changed else f"already is {source}"),
             flush=True,
         )
-    load_params(PARAMS_FILE)  # one clear error before DVC starts anything
-    elapsed = run_dvc_repro(args.force)
+    params = load_params(PARAMS_FILE)  # one clear error before DVC starts anything
+    jobs = args.jobs if args.jobs is not None else default_jobs(params)
+    if jobs < 1:
+        raise PGPSError(f"--jobs {jobs}: must be at least 1")
+    elapsed = run_dvc_repro(args.force) if jobs == 1 else run_in_parallel(args.force, jobs)
     print()
     print(summary())
     print(f"\npipeline wall time: {elapsed:.0f} s; report: results/report.md, plots: results/plots/")

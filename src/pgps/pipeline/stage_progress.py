@@ -43,36 +43,41 @@ def _clock(seconds: float) -> str:
 
 @dataclass
 class StageProgress:
-    """Follows DVC's ``Running stage '...'`` lines; ``planned`` are the stages expected to run."""
+    """Stages as they start and end; ``planned`` are the stages expected to run, ``jobs`` how many run at once.
+
+    With ``jobs=1`` (`dvc repro`, which reports only starts) a stage that starts ends the one before it."""
 
     planned: list[str]
+    jobs: int = 1
     now: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
     start: float = field(init=False)
     done: dict[str, float] = field(default_factory=dict)  # finished stage -> seconds
-    current: str | None = None
-    current_start: float = 0.0
+    running: dict[str, float] = field(default_factory=dict)  # running stage -> its start
 
     def __post_init__(self) -> None:
         self.start = self.now()
 
-    def _finish_current(self) -> None:
-        if self.current is not None:
-            self.done[self.current] = self.now() - self.current_start
-            self.current = None
-
     def started(self, stage: str) -> str:
-        """The stage DVC starts now (the previous one has ended): its progress line."""
-        self._finish_current()
+        """``stage`` starts now: its progress line."""
+        if self.jobs == 1:
+            for previous in list(self.running):
+                self.ended(previous)
         if stage not in self.planned:
             self.planned.append(stage)  # DVC decided to run more than planned: count it
-        self.current, self.current_start = stage, self.now()
-        position = len(self.done) + 1
+        self.running[stage] = self.now()
+        position = len(self.done) + len(self.running)
         return f"[{position}/{len(self.planned)}] {describe(stage)} | {self.eta()}"
 
+    def ended(self, stage: str) -> float:
+        """``stage`` has ended; its seconds."""
+        self.done[stage] = self.now() - self.running.pop(stage)
+        return self.done[stage]
+
     def finished(self) -> float:
-        """The pipeline ended: the last stage is done; total seconds."""
-        self._finish_current()
+        """The pipeline ended (what still runs has ended with it); total seconds."""
+        for stage in list(self.running):
+            self.ended(stage)
         return self.now() - self.start
 
     def expected(self, stage: str) -> float | None:
@@ -84,22 +89,26 @@ class StageProgress:
         return statistics.fmean(same_group) if same_group else None
 
     def eta(self) -> str:
+        """Work left (expected seconds of the stages not done, less what the running ones have done) over
+        the jobs that share it."""
         elapsed = self.now() - self.start
         head = f"{len(self.done)} of {len(self.planned)} done in {_clock(elapsed)}"
-        remaining = [s for s in self.planned if s not in self.done]
         if not self.done:
             return f"{head}, ETA after the first stage"
         left, unknown = 0.0, []
-        for stage in remaining:
+        for stage in self.planned:
+            if stage in self.done:
+                continue
             seconds = self.expected(stage)
             if seconds is None:
                 group = _keys(stage)[1]
                 if group not in unknown:
                     unknown.append(group)
                 continue
-            if stage == self.current:
-                seconds = max(0.0, seconds - (self.now() - self.current_start))
+            if stage in self.running:
+                seconds = max(0.0, seconds - (self.now() - self.running[stage]))
             left += seconds
+        left /= self.jobs
         finish = time.strftime("%H:%M", time.localtime(self.wall() + left))
         text = f"{head}, ETA {finish} (~{_clock(left)} left"
         return text + (f" + {', '.join(unknown)}: not timed yet)" if unknown else ")")
