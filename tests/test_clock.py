@@ -98,7 +98,8 @@ def test_run_record_resume_drops_epochs_past_the_checkpoint_as_lost(tmp_path: Pa
     rec = _record(tmp_path)
     rec.start(0)
     for e, (a, b) in enumerate([(0.0, 10.0), (10.0, 20.0), (20.0, 27.0)]):
-        rec.add_epoch(entry(e, a, b))
+        rec.data["epochs"].append(entry(e, a, b))
+        rec.save()
     # a new process resumes from a checkpoint that covers epochs 0 and 1
     resumed = _record(tmp_path)
     resumed.start(2)
@@ -106,7 +107,8 @@ def test_run_record_resume_drops_epochs_past_the_checkpoint_as_lost(tmp_path: Pa
     assert [e["epoch"] for e in data["epochs"]] == [0, 1]
     (resume,) = data["resumes"]
     assert (resume["at_epoch"], resume["dropped_epochs"], resume["lost_s"]) == (2, 1, 7.0)
-    resumed.add_epoch(entry(2, 100.0, 110.0))
+    resumed.data["epochs"].append(entry(2, 100.0, 110.0))
+    resumed.save()
     clock = fileio.read_json(tmp_path / RECORD_NAME)["clock"]
     assert (clock["train_wall_s"], clock["lost_s"], clock["dead_s"]) == (30.0, 7.0, 100.0 - 20.0 - 7.0)
     # nnUNetv2_train --val in a later process: the final validation's time lands in the same record

@@ -1,14 +1,18 @@
 """Shared data for the trainer tests: ONE reduced task, generated, converted and planned by
 nnU-Net's own tools once per pytest session (a done-marker in the session's base temp dir lets
-every trainer test module reuse it). No tests here. Cost: ~30 s (3d_fullres), +~15 s each for
-the 2d and ResEnc-M plans, built only when a test asks for them."""
+every trainer test module reuse it), and a way to stop a training at a known point so a test can
+kill it there (a line on a pipe, not a timing guess). No tests here. Cost: ~30 s (3d_fullres),
++~15 s each for the 2d and ResEnc-M plans, built only when a test asks for them."""
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -102,3 +106,71 @@ def fold_dir(results: Path, trainer: str, configuration: str = "3d_fullres", pla
 
 def read_record(fold: Path) -> dict:
     return json.loads((fold / "pgps_record.json").read_text())
+
+
+BLOCKED = "PGPS-TEST: blocked"  # the line a blocking training prints before it waits for its kill
+
+
+def start_until_blocked(cmd: list[str], env: dict[str, str], timeout: float = 900) -> subprocess.Popen:
+    """Start a training that blocks at a known point (it prints ``BLOCKED``, then reads stdin, which
+    the test never writes), and return once that line arrived. Fails with the output's tail if the
+    process ends first or the line does not come within ``timeout`` s. The caller kills it."""
+    proc = subprocess.Popen(
+        cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    tail: deque[str] = deque(maxlen=40)
+
+    def pump() -> None:  # keeps draining after the line: the child never blocks on a full pipe
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        while True:
+            line = lines.get(timeout=timeout)
+            if line is None:
+                raise AssertionError(f"{cmd} ended ({proc.wait()}) before blocking:\n{''.join(tail)}")
+            tail.append(line)
+            if BLOCKED in line:
+                return proc
+    except queue.Empty:
+        proc.kill()
+        raise AssertionError(f"no {BLOCKED!r} from {cmd} within {timeout} s:\n{''.join(tail)}") from None
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+BLOCKING_TRAINER = """
+\"\"\"Test only: nnUNetTrainerPGPS that blocks at the start of epoch $TEST_BLOCK_AT_EPOCH, once that
+epoch's curriculum stage is applied (its loader built), until the test kills it; and skips nnU-Net's
+final validation when $TEST_SKIP_FINAL_VALIDATION is 1.\"\"\"
+
+import os
+import sys
+
+from pgps.trainers.nnUNetTrainerPGPS import nnUNetTrainerPGPS
+
+
+class nnUNetTrainerPGPSBlocking(nnUNetTrainerPGPS):
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        if self.current_epoch == int(os.environ.get("TEST_BLOCK_AT_EPOCH", "-1")):
+            print(f"{blocked} in epoch {{self.current_epoch}}", flush=True)
+            sys.stdin.readline()
+
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        if os.environ.get("TEST_SKIP_FINAL_VALIDATION") != "1":  # minutes on CPU; when a test does not check it
+            super().perform_actual_validation(save_probabilities)
+"""
+
+
+def blocking_trainer(folder: Path) -> str:
+    """Write the blocking trainer into ``folder`` (add it to ``nnUNet_extTrainer``); returns its name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "nnUNetTrainerPGPSBlocking.py").write_text(BLOCKING_TRAINER.format(blocked=BLOCKED))
+    return "nnUNetTrainerPGPSBlocking"

@@ -1,15 +1,15 @@
 """End-to-end through nnU-Net's own CLI on the reduced task (CPU): PGPS training, the shapes the
-network really received, codecarbon per stage, prediction with the PGPS checkpoint, trainer
-lookup via nnUNet_extTrainer, SIGKILL mid-curriculum + ``--c`` resume.
+network really received, the training clock, codecarbon per stage, prediction with the PGPS
+checkpoint, trainer lookup via nnUNet_extTrainer, SIGKILL mid-curriculum + ``--c`` resume.
 Runtime: ~5.5 min on a loaded 2-core box (load ~8), est. ~2 min on 2 free cores."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -18,8 +18,19 @@ import numpy as np
 import pytest
 import torch
 
-from pgps.schedule import build_schedule
-from test_trainer_fixtures import BIN, DATASET_ID, fold_dir, load_plans, nnunet_env, read_record, reduced_root, run
+from test_trainer_fixtures import (
+    BIN,
+    DATASET_ID,
+    TRAINERS_DIR,
+    blocking_trainer,
+    fold_dir,
+    load_plans,
+    nnunet_env,
+    read_record,
+    reduced_root,
+    run,
+    start_until_blocked,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +41,18 @@ def train_cmd(trainer: str = "nnUNetTrainerPGPS", *extra: str) -> list[str]:
     return [str(BIN / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu", *extra]
 
 
-def expected_schedule(root: Path, epochs: int = 6, mode: str = "pgps"):
-    """The schedule, derived here from plans.json independently of the trainer's code."""
+# The reduced task plans a 32^3 patch, batch 2, poolings 3/3/3 (checked below). PGPS grows it in 9 stages from
+# 16x8x8; 6 epochs keep stages round(i * 8 / 5) = 0, 2, 3, 5, 6, 8, one epoch each.
+PLANNED = [32, 32, 32]
+STAGES = [[16, 8, 8], [16, 16, 16], [24, 16, 16], [24, 24, 24], [32, 24, 24], [32, 32, 32]]
+TASK_NAMES = [f"stage{i:02d}_{'x'.join(map(str, p))}_b2" for i, p in enumerate(STAGES)]
+
+
+def test_the_reduced_task_plans_what_these_tests_expect(root: Path) -> None:
     conf = load_plans(root)["configurations"]["3d_fullres"]
     strides = conf["architecture"]["arch_kwargs"]["strides"]
-    poolings = [sum(1 for s in strides if s[a] == 2) for a in range(3)]
-    return build_schedule(conf["patch_size"], poolings, epochs, conf["batch_size"], mode, seed=7), conf
+    assert conf["patch_size"] == PLANNED and conf["batch_size"] == 2
+    assert [sum(1 for s in strides if s[axis] == 2) for axis in range(3)] == [3, 3, 3]
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +70,18 @@ def reference(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_network_saw_the_schedule_and_validated_at_full_patch(root: Path, reference: Path) -> None:
-    sched, conf = expected_schedule(root)
-    planned, bs = conf["patch_size"], conf["batch_size"]
+    planned, bs = PLANNED, 2
     rec = read_record(reference)
     assert [e["epoch"] for e in rec["epochs"]] == list(range(6))
-    assert len({tuple(e["patch_size"]) for e in rec["epochs"]}) >= 4  # a real curriculum, not one size
-    for e in rec["epochs"]:
-        stage = sched.stage_at(e["epoch"])
-        assert e["patch_size"] == list(stage.patch_size)
-        assert e["train_input_shapes"] == [{"shape": [stage.batch_size, 1, *stage.patch_size], "count": 1}]
+    for e, patch in zip(rec["epochs"], STAGES):
+        assert e["patch_size"] == patch and e["batch_size"] == 2
+        assert e["train_input_shapes"] == [{"shape": [2, 1, *patch], "count": 1}]
         assert e["val_input_shapes"] == [{"shape": [bs, 1, *planned], "count": 1}]
         assert np.isfinite(e["train_loss"]) and e["wall_time"] > 0
-    assert rec["schedule"] == json.loads(json.dumps(sched.to_dict()))
-    assert rec["epochs"][-1]["patch_size"] == planned
+    stages = rec["schedule"]["stages"]
+    assert [(s["patch_size"], s["batch_size"], s["start_epoch"], s["end_epoch"]) for s in stages] == [
+        (p, 2, k, k + 1) for k, p in enumerate(STAGES)
+    ]
     # the plan the run copied for inference still holds the planned patch
     saved = json.loads((reference.parent / "plans.json").read_text())["configurations"]["3d_fullres"]
     assert saved["patch_size"] == planned and saved["batch_size"] == bs
@@ -123,12 +139,12 @@ def test_progress_png_drawn_after_the_last_epoch(reference: Path) -> None:
 
 def test_checkpoint_carries_schedule(root: Path, reference: Path) -> None:
     ckpt = torch.load(reference / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    sched, _ = expected_schedule(root)
-    assert ckpt["pgps"]["schedule"] == sched.to_dict()
+    assert ckpt["pgps"]["schedule"] == read_record(reference)["schedule"]
+    assert [s["patch_size"] for s in ckpt["pgps"]["schedule"]["stages"]] == STAGES
     assert ckpt["current_epoch"] == 6 and ckpt["trainer_name"] == "nnUNetTrainerPGPS"
 
 
-def test_codecarbon_tracks_whole_run_and_one_task_per_stage(root: Path, reference: Path) -> None:
+def test_codecarbon_one_row_per_session_and_one_task_per_stage(root: Path, reference: Path) -> None:
     with open(reference / "emissions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 1
@@ -138,9 +154,7 @@ def test_codecarbon_tracks_whole_run_and_one_task_per_stage(root: Path, referenc
     assert len(task_files) == 1
     with open(task_files[0], newline="") as fh:
         tasks = list(csv.DictReader(fh))
-    sched, _ = expected_schedule(root)
-    names = [f"stage{i:02d}_{'x'.join(map(str, s.patch_size))}_b{s.batch_size}" for i, s in enumerate(sched.stages)]
-    assert [t["task_name"] for t in tasks] == names
+    assert [t["task_name"] for t in tasks] == TASK_NAMES
     assert all(float(t["duration"]) > 0 for t in tasks)
 
 
@@ -213,38 +227,24 @@ def test_all_trainers_found_by_nnunet_lookup(root: Path) -> None:
     assert not [p for p in site.rglob("*.py") if "nnUNetTrainerPGPS" in p.read_text(errors="ignore")]
 
 
-def _wait_for_epochs(fold: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        assert proc.poll() is None, "training ended before it could be killed"
-        try:
-            if len(read_record(fold)["epochs"]) >= n:
-                return
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"no {n} epochs recorded within {timeout} s")
-
-
 def test_sigkill_mid_curriculum_then_resume_matches_uninterrupted(root: Path, reference: Path, tmp_path: Path) -> None:
+    """Killed at the start of epoch 3 (its later curriculum stage applied), resumed with ``--c``: the same
+    epochs, shapes and losses as the uninterrupted reference; the clock has two sessions and the dead gap."""
     results = tmp_path / "results"
-    env = nnunet_env(root, results, **BUDGET)
-    fold = fold_dir(results, "nnUNetTrainerPGPS")
-    proc = subprocess.Popen(train_cmd(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_for_epochs(fold, 3, proc)
-        time.sleep(0.3)  # inside epoch 3: a later curriculum stage has started
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    name = blocking_trainer(tmp_path / "trainers")  # nnUNetTrainerPGPS plus a stop at a known point
+    env = nnunet_env(root, results, **BUDGET, TEST_SKIP_FINAL_VALIDATION="1")  # the reference checks validation
+    env["nnUNet_extTrainer"] = os.pathsep.join([str(TRAINERS_DIR), str(tmp_path / "trainers")])
+    fold = fold_dir(results, name)
+    proc = start_until_blocked(train_cmd(name), {**env, "TEST_BLOCK_AT_EPOCH": "3"})
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
     latest = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)  # never torn
-    killed_at = latest["current_epoch"]
-    assert 2 <= killed_at < 6  # the record is written before the checkpoint, so it may be one epoch ahead
-    assert len(read_record(fold)["epochs"]) >= killed_at  # the record is never behind the checkpoint
+    assert latest["current_epoch"] == 3
+    assert [e["epoch"] for e in read_record(fold)["epochs"]] == [0, 1, 2]
 
     # a different budget is refused with a clear message instead of silently restarting the curriculum
     bad = subprocess.run(
-        train_cmd("nnUNetTrainerPGPS", "--c"),
+        train_cmd(name, "--c"),
         env={**env, "PGPS_NUM_EPOCHS": "9"},
         capture_output=True,
         text=True,
@@ -254,16 +254,22 @@ def test_sigkill_mid_curriculum_then_resume_matches_uninterrupted(root: Path, re
     assert "checkpoint_latest.pth: the checkpoint was trained with a different PGPS schedule" in bad.stderr
     assert "num_epochs: checkpoint 6 vs now 9" in bad.stderr
 
-    run(train_cmd("nnUNetTrainerPGPS", "--c"), env)
+    run(train_cmd(name, "--c"), env)
     rec, ref = read_record(fold), read_record(reference)
     assert [e["epoch"] for e in rec["epochs"]] == list(range(6))  # no gaps, no duplicates
     assert [e["patch_size"] for e in rec["epochs"]] == [e["patch_size"] for e in ref["epochs"]]
     assert [e["train_input_shapes"] for e in rec["epochs"]] == [e["train_input_shapes"] for e in ref["epochs"]]
     assert [e["val_input_shapes"] for e in rec["epochs"]] == [e["val_input_shapes"] for e in ref["epochs"]]
-    assert rec["resumes"][0]["at_epoch"] == killed_at
+    (resume,) = rec["resumes"]
+    assert (resume["at_epoch"], resume["dropped_epochs"], resume["lost_s"]) == (3, 0, 0.0)
+    clock = rec["clock"]
+    first, second = clock["sessions"]
+    assert (first["first_epoch"], first["last_epoch"], second["first_epoch"], second["last_epoch"]) == (0, 2, 3, 5)
+    assert clock["dead_s"] == pytest.approx(second["start"] - first["end"]) and clock["dead_s"] > 0
+    assert clock["train_wall_s"] == pytest.approx(first["end"] - first["start"] + second["end"] - second["start"])
     assert (fold / "checkpoint_final.pth").is_file() and not (fold / "checkpoint_latest.pth").exists()
     losses = [abs(a["train_loss"] - b["train_loss"]) for a, b in zip(rec["epochs"], ref["epochs"])]
     print(f"max |train loss difference| resumed vs uninterrupted run: {max(losses):.3g} (per epoch {losses})")
     # same seed, single-process loading, per-epoch reseeding: the killed+resumed run repeats the other
     assert max(losses) <= 1e-6
-    assert not list(fold.glob(".*.tmp"))  # no torn temp file left behind
+    assert not list(fold.glob(".*.partial*"))  # no temp file of a killed write left behind

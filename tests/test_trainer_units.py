@@ -15,7 +15,7 @@ from pgps.nnunet.knobs import read_knobs
 from pgps.nnunet.norm import make_instance_norm_one_voxel_safe
 
 
-def test_knob_defaults_match_design() -> None:
+def test_knob_defaults() -> None:
     k = read_knobs({})
     assert (k.num_epochs, k.iters_per_epoch, k.val_iters, k.seed) == (1000, 250, 50, 0)
     assert (k.codecarbon, k.dry_run, k.save_every) == ("off", "auto", 1)
@@ -77,15 +77,35 @@ def test_rank_batch_split_properties(batch: int, world: int) -> None:
     assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
 
 
-@given(st.integers(1, 64), st.integers(1, 4), st.sampled_from([0.33, 0.5]))
-def test_rank_oversample_reproduces_global_share(batch: int, world: int, share: float) -> None:
-    """Summed over ranks, the forced samples equal nnU-Net's count for the global batch."""
+def _forced_per_rank(batch: int, world: int, share: float) -> list[int]:
+    """nnU-Net's rule, computed here from its description: the global batch's samples ``i >=
+    round(batch * (1 - share))`` are foreground-forced; rank r holds the next ``batch // world`` (+1 for
+    the first ``batch % world`` ranks) samples."""
+    sizes = [batch // world + (1 if r < batch % world else 0) for r in range(world)]
+    threshold = round(batch * (1 - share))
+    out, low = [], 0
+    for size in sizes:
+        out.append(sum(1 for i in range(low, low + size) if i >= threshold))
+        low += size
+    return out
+
+
+@given(st.integers(1, 64), st.integers(1, 8), st.sampled_from([0.0, 0.33, 0.5, 0.9, 1.0]))
+def test_rank_oversample_forces_exactly_each_ranks_samples(batch: int, world: int, share: float) -> None:
+    """Each rank's share, turned into samples the way nnUNetDataLoader does (``not i < round(size *
+    (1 - share))``), forces exactly that rank's samples of the global batch."""
     if batch < world:
         return
     sizes = rank_batch_sizes(batch, world)
-    forced = sum(rank_oversample(batch, world, r, share) * sizes[r] for r in range(world))
-    expected = batch - round(batch * (1 - share))
-    assert abs(forced - expected) <= world  # nnU-Net rounds each rank's share to 0/1 at the edges
+    loader_forced = [size - round(size * (1 - rank_oversample(batch, world, r, share))) for r, size in enumerate(sizes)]
+    assert loader_forced == _forced_per_rank(batch, world, share)
+
+
+def test_rank_oversample_examples() -> None:
+    # batch 2 on 2 GPUs at 0.33: round(2 * 0.67) = 1 random sample (rank 0), one forced (rank 1)
+    assert [rank_oversample(2, 2, r, 0.33) for r in range(2)] == [0.0, 1.0]
+    # batch 5 on 2 GPUs at 0.5: samples 0-2 on rank 0, 3-4 on rank 1; round(2.5) = 2, so 2, 3, 4 are forced
+    assert [rank_oversample(5, 2, r, 0.5) for r in range(2)] == [pytest.approx(1 / 3), 1.0]
 
 
 def test_stock_instance_norm_fails_on_one_voxel_safe_twin_does_not() -> None:

@@ -3,49 +3,58 @@ and batch epoch ``e`` trains with and changes nothing else: same optimizer, loss
 all epochs, deep supervision. Only the TRAINING loader (and its patch-dependent augmentation)
 is rebuilt at a stage change; per-epoch validation and the final sliding-window inference use
 the planned patch and batch. The stage is a pure function of the epoch, so nnU-Net's ``--c``
-resumes on the right stage."""
+resumes on the right stage.
+
+This class is the thin layer on nnU-Net's hooks; each concern lives in its own module:
+``stage`` (what a stage means on this rank, its loader), ``record`` (run record and config),
+``clock`` (the training clock), ``checkpoint`` (save, and the resume check), ``time_budget``
+(PGPS_TIME_BUDGET), ``energy`` (codecarbon), ``progress`` (throttled plot), ``dryrun``.
+docs/DESIGN.md lists the nnU-Net methods overridden here and why."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from pgps import fileio
 from pgps.errors import PGPSError
-from pgps.nnunet.clock import PhaseTimes
+from pgps.nnunet import checkpoint
+from pgps.nnunet.clock import PhaseTimes, epoch_times, resumed_epochs
 from pgps.nnunet.compiling import configure_static_recompiles
 from pgps.nnunet.dryrun import dry_run, unwrap
 from pgps.nnunet.energy import StageEnergy, tracking_mode
-from pgps.nnunet.geometry import poolings_from_strides, rank_batch_sizes, rank_oversample
+from pgps.nnunet.geometry import poolings_from_strides, rank_batch_sizes
 from pgps.nnunet.knobs import read_knobs
-from pgps.nnunet.loaders import PatchSwitch, build_train_loader, finish_loader
+from pgps.nnunet.loaders import PatchSwitch, finish_loader
 from pgps.nnunet.norm import make_instance_norm_one_voxel_safe
 from pgps.nnunet.progress import ThrottledProgressPlot
-from pgps.nnunet.record import RunRecord, ShapeTally, record_final_validation
+from pgps.nnunet.record import CONFIG_NAME, RunRecord, epoch_entry, record_final_validation, run_config
 from pgps.nnunet.seeding import seed_everything
-from pgps.nnunet.timebudget import actual_stage_seconds, apply_plan, make_plan, replan
+from pgps.nnunet.shapes import ShapeTally
+from pgps.nnunet.stage import build_stage_loader, rank_stage, rpss_pick
+from pgps.nnunet.time_budget import trainer_glue
+from pgps.nnunet.time_budget.controller import actual_stage_seconds
+from pgps.nnunet.time_budget.plan import TimePlan
 from pgps.schedule import Schedule, ScheduleError, build_schedule
 
-CONFIG_NAME = "pgps_config.json"
 _CUDA = torch.device("cuda")  # nnU-Net's default device argument
 
 
-def _num(x: Any) -> Any:
-    """JSON-safe float (NaN -> None)."""
-    if x is None:
-        return None
-    if isinstance(x, list | tuple | np.ndarray):
-        return [_num(v) for v in x]
-    v = float(x)
-    return None if math.isnan(v) else v
+def remove_partials(folder: str | Path) -> None:
+    """Remove every temp entry (file or folder) that a killed ``pgps.fileio``-style write left."""
+    for stale in Path(folder).glob(f".*{fileio.PARTIAL}*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 class PGPSTrainerBase(nnUNetTrainer):
@@ -74,7 +83,7 @@ class PGPSTrainerBase(nnUNetTrainer):
         self.save_every = self.pgps_knobs.save_every
         if self.pgps_oversample is not None:
             self.oversample_foreground_percent = self.pgps_oversample
-        self._pgps_global_oversample = self.oversample_foreground_percent
+        self.pgps_global_oversample = self.oversample_foreground_percent
         cm = self.configuration_manager
         self.pgps_planned_patch = tuple(int(x) for x in cm.patch_size)
         self.pgps_planned_batch = int(cm.batch_size)
@@ -95,57 +104,28 @@ class PGPSTrainerBase(nnUNetTrainer):
             )
         except ScheduleError as exc:
             raise PGPSError(f"{where}: {exc}") from None
+        self.pgps_time_plan: TimePlan | None = None  # PGPS_TIME_BUDGET: measured once, then from the checkpoint
+        self.pgps_dry_runs: list[dict] = []
         self._pgps_stage: int | None = None
         self._pgps_tally = ShapeTally()
+        self._pgps_phases = PhaseTimes()  # this epoch's time per phase (pgps.nnunet.clock)
         self._pgps_record: RunRecord | None = None
         self._pgps_energy: StageEnergy | None = None
-        self.pgps_dry_runs: list[dict] = []
-        self.pgps_time_plan: dict | None = None  # PGPS_TIME_BUDGET: measured once, then from the checkpoint
         self._pgps_plot: ThrottledProgressPlot | None = None
-        self._pgps_phases = PhaseTimes()  # this epoch's time per phase (pgps.nnunet.clock)
 
     # ---------------------------------------------------------------- helpers
     @property
-    def _world(self) -> tuple[int, int]:
+    def pgps_world(self) -> tuple[int, int]:
+        """(world size, rank)."""
         return (dist.get_world_size(), dist.get_rank()) if self.is_ddp else (1, 0)
 
     def pgps_rank_batch(self, global_batch: int) -> int:
         """This rank's share of a stage batch, split like nnU-Net splits the planned batch."""
-        world, rank = self._world
+        world, rank = self.pgps_world
         return rank_batch_sizes(global_batch, world)[rank]
 
     def pgps_config(self) -> dict:
-        import nnunetv2
-
-        world, _ = self._world
-        return {
-            "trainer": self.__class__.__name__,
-            "mode": self.pgps_mode,
-            "knobs": self.pgps_knobs.to_dict(),
-            "planned_patch_size": list(self.pgps_planned_patch),
-            "planned_batch_size": self.pgps_planned_batch,
-            "poolings": list(self.pgps_poolings),
-            "start_bottleneck": list(self.pgps_start_bottleneck) if self.pgps_start_bottleneck else None,
-            "oversample_foreground_percent": self._pgps_global_oversample,
-            "multicrop": self.pgps_multicrop,
-            "one_voxel_safe_instance_norm": self.pgps_safe_instance_norm,
-            "configuration": self.configuration_name,
-            "plans": self.plans_manager.plans_name,
-            "device": str(self.device),
-            "world_size": world,
-            "versions": {"torch": torch.__version__, "nnunetv2": getattr(nnunetv2, "__version__", "2.8.x")},
-            "dry_runs": self.pgps_dry_runs,
-            "torch_compile": getattr(self, "pgps_compile_settings", None),
-            "time_budget": self.pgps_time_plan,
-            "codecarbon": {
-                "country": None if self.pgps_knobs.codecarbon == "off" else self.pgps_knobs.codecarbon,
-                "tracking_mode": None if self.pgps_knobs.codecarbon == "off" else tracking_mode(world),
-            },
-        }
-
-    def _dry_run_wanted(self) -> bool:
-        mode = self.pgps_knobs.dry_run
-        return mode == "on" or (mode == "auto" and self.device.type == "cuda")
+        return run_config(self, tracking_mode(self.pgps_world[0]))
 
     def pgps_dry_run_targets(self) -> list[tuple[tuple[int, ...], int]]:
         """The planned patch x batch, plus the stage with the most voxels per batch if larger."""
@@ -168,172 +148,62 @@ class PGPSTrainerBase(nnUNetTrainer):
     def on_train_start(self) -> None:
         if not self.was_initialized:
             self.initialize()
-        if self._dry_run_wanted():
-            for patch, batch in self.pgps_dry_run_targets():
-                seconds = dry_run(self, patch, self.pgps_rank_batch(batch))
-                self.pgps_dry_runs.append({"patch_size": list(patch), "batch_size": batch, "seconds": seconds})
-                self.print_to_log_file(f"PGPS dry run at patch {list(patch)} x batch {batch}: ok ({seconds:.2f} s)")
+        self._pgps_dry_run()
         super().on_train_start()  # planned-size train + val loaders; the train one is replaced per stage
         finish_loader(self.dataloader_train)
         self.dataloader_train = None
         self._pgps_stage = None
-        if self.pgps_knobs.time_budget != "off" and self.pgps_time_plan is None:
-            if self.current_epoch != 0:
-                raise PGPSError(
-                    f"{self.output_folder}: resuming at epoch {self.current_epoch}, but the checkpoint holds no "
-                    f"time-budget plan; unset PGPS_TIME_BUDGET (={self.pgps_knobs.time_budget}) to resume this run"
-                )
-            apply_plan(self, make_plan(self))
-            p = self.pgps_time_plan
-            self.print_to_log_file(
-                f"PGPS time budget {p['budget_seconds']:.1f} s: epochs {p['stage_epochs']} at stages "
-                f"{p['stage_indices']}, predicted {p['predicted_seconds']:.1f} s (warm-up {p['warmup_seconds']:.1f} s)"
-            )
+        self._pgps_start_time_budget()
         if self.local_rank == 0:
-            for stale in Path(self.output_folder).glob(
-                f".*{fileio.PARTIAL}"
-            ):  # temp files of writes a kill interrupted
-                stale.unlink()
-            config = self.pgps_config()
-            fileio.write_json(f"{self.output_folder}/{CONFIG_NAME}", config)
-            self._pgps_record = RunRecord(
-                self.output_folder, self.__class__.__name__, config, self.pgps_schedule.to_dict()
-            )
-            if self.pgps_time_plan is not None:
-                self._pgps_record.data["time_budget"] = dict(self.pgps_time_plan)
-            self._pgps_record.start(self.current_epoch)
-            if self.pgps_knobs.codecarbon != "off":  # started by run_training at the first epoch's start
-                self._pgps_energy = StageEnergy(
-                    self.pgps_knobs.codecarbon,
-                    self.output_folder,
-                    f"{self.__class__.__name__}_{self.plans_manager.dataset_name}",
-                    config["codecarbon"]["tracking_mode"],
-                )
-            # nnU-Net's per-epoch progress.png, at most 2 % of the wall time
-            self._pgps_plot = ThrottledProgressPlot()
-            self.logger.plot_progress_png = lambda folder: self._pgps_plot.request(self.logger.local_logger, folder)
+            self._pgps_open_record()
         self._pgps_tally.attach(self.network)
         self.print_to_log_file(f"PGPS schedule ({self.pgps_mode}): {json.dumps(self.pgps_schedule.to_dict())}")
-
-    def _pgps_enter_stage(self, epoch: int) -> None:
-        idx = self.pgps_schedule.stage_index(epoch)
-        if idx == self._pgps_stage:
-            return
-        finish_loader(self.dataloader_train)
-        stage = self.pgps_schedule.stages[idx]
-        world, rank = self._world
-        batch = self.pgps_rank_batch(stage.batch_size)
-        oversample = rank_oversample(stage.batch_size, world, rank, self._pgps_global_oversample)
-        if self.pgps_schedule.candidates:  # rpss: one loader per candidate patch
-            n = self._n_proc_per_loader(len(self.pgps_schedule.candidates))
-            loaders = {
-                tuple(c): build_train_loader(self, c, batch, oversample, num_processes=n)
-                for c in self.pgps_schedule.candidates
-            }
-            self.dataloader_train = PatchSwitch(loaders, self._rpss_pick(epoch))
-        else:
-            cases = self.pgps_rank_batch(self.pgps_planned_batch) if self.pgps_multicrop else None
-            self.dataloader_train = build_train_loader(self, stage.patch_size, batch, oversample, cases_per_batch=cases)
-        self.batch_size = batch
-        self._pgps_stage = idx
-        name = f"stage{idx:02d}_{'x'.join(map(str, stage.patch_size))}_b{stage.batch_size}"
-        if self._pgps_energy is not None:
-            self._pgps_energy.enter_stage(name)
-        self.print_to_log_file(f"PGPS {name}: epochs {stage.start_epoch}-{stage.end_epoch - 1}, batch/rank {batch}")
-
-    @staticmethod
-    def _n_proc_per_loader(n_loaders: int) -> int:
-        from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-
-        n = get_allowed_n_proc_DA()
-        return 0 if n == 0 else max(1, n // n_loaders)
-
-    def _rpss_pick(self, epoch: int) -> Any:
-        sched = self.pgps_schedule
-        return lambda it: sched.rpss_patch(epoch, it)
 
     def on_train_epoch_start(self) -> None:
         # per-epoch reseed: a resumed run draws what an uninterrupted one would (single-process loading)
         seed_everything(self.pgps_knobs.seed * 1_000_003 + self.current_epoch)
-        t0 = time.perf_counter()
-        self._pgps_enter_stage(self.current_epoch)
-        self._pgps_phases.stage_switch = time.perf_counter() - t0
+        index = self.pgps_schedule.stage_index(self.current_epoch)
+        if index != self._pgps_stage:
+            t0 = time.perf_counter()
+            self.pgps_apply_stage(index)
+            self._pgps_phases.stage_switch = time.perf_counter() - t0
         if isinstance(self.dataloader_train, PatchSwitch):
-            self.dataloader_train.restart(self._rpss_pick(self.current_epoch))
+            self.dataloader_train.restart(rpss_pick(self.pgps_schedule, self.current_epoch))
         self._pgps_tally.reset()
         super().on_train_epoch_start()
 
     def on_epoch_end(self) -> None:
-        """The epoch's entry goes to disk BEFORE nnU-Net's checkpoint (see pgps.nnunet.record) with
-        the time so far, and again once nnU-Net's bookkeeping (checkpoints, plot) is done: the
-        epoch ends there (pgps.nnunet.clock)."""
+        """The epoch's record entry goes to disk BEFORE nnU-Net's checkpoint (pgps.nnunet.record)
+        with the time so far, and again once nnU-Net's bookkeeping (checkpoints, plot) is done: the
+        epoch ends there (pgps.nnunet.clock). The time budget decides in between (its decision
+        must be in the checkpoint)."""
         t0 = time.perf_counter()
-        entry = self._epoch_entry() if self._pgps_record is not None else None
-        if self.pgps_time_plan is not None:  # every rank: a re-plan is broadcast under DDP
-            self._pgps_follow_budget(entry)
-        if entry is not None:
+        rec = self._pgps_record
+        entry = epoch_entry(self, self._pgps_tally, time.time()) if rec is not None else None
+        if self.pgps_time_plan is not None:  # every rank: a decision is broadcast under DDP
+            self._pgps_follow_time_budget(entry)
+        if rec is not None and entry is not None:
             self._pgps_phases.epoch_end = time.perf_counter() - t0
             entry["timing_s"] = self._pgps_phases.as_dict()
-            self._pgps_record.add_epoch(entry)
+            rec.data["epochs"].append(entry)
+            self._pgps_update_budget_actuals()
+            rec.save()
         super().on_epoch_end()
-        if entry is not None:
+        if rec is not None and entry is not None:
             entry["epoch_end"] = time.time()
             entry["wall_time"] = entry["epoch_end"] - entry["epoch_start"]
             self._pgps_phases.epoch_end = time.perf_counter() - t0
             entry["timing_s"] = self._pgps_phases.as_dict()
-            self._pgps_record.save()
-
-    def _pgps_follow_budget(self, entry: dict | None) -> None:
-        """Closed-loop time budget: re-plan the epochs not yet trained, and keep plan-vs-actual
-        in the run record (and the current plan in pgps_config.json) up to date."""
-        rec = self._pgps_record
-        epochs = [*rec.data["epochs"], entry] if rec is not None and entry is not None else []
-        resumed = {r["at_epoch"] for r in rec.data["resumes"]} if rec is not None else set()
-        change = replan(self, epochs, resumed)
-        if rec is None:
-            return
-        if change is not None:
-            rec.data["time_budget"] = dict(self.pgps_time_plan)
-            rec.data["schedule"] = self.pgps_schedule.to_dict()
-            fileio.write_json(f"{self.output_folder}/{CONFIG_NAME}", self.pgps_config())
-            self.print_to_log_file(
-                f"PGPS re-plan after epoch {change['after_epoch']} ({change['spent_seconds']:.1f} s "
-                f"spent): epochs {change['stage_epochs']} at stages {change['stage_indices']}"
-            )
-        plan = rec.data["time_budget"]
-        plan["actual_stage_seconds"] = actual_stage_seconds(epochs, len(self.pgps_schedule.stages), resumed)
-        plan["actual_seconds"] = sum(plan["actual_stage_seconds"])
-
-    def _epoch_entry(self) -> dict:
-        e = self.current_epoch
-        stage = self.pgps_schedule.stage_at(e)
-        get = self.logger.get_value
-        start = float(get("epoch_start_timestamps", step=-1))
-        end = time.time()
-        return {
-            "epoch": e,
-            "stage": self.pgps_schedule.stage_index(e),
-            "patch_size": list(stage.patch_size),
-            "batch_size": stage.batch_size,
-            "train_input_shapes": ShapeTally.as_list(self._pgps_tally.train),
-            "val_input_shapes": ShapeTally.as_list(self._pgps_tally.val),
-            "epoch_start": start,
-            "epoch_end": end,
-            "wall_time": end - start,
-            "lr": _num(get("lrs", step=-1)),
-            "train_loss": _num(get("train_losses", step=-1)),
-            "val_loss": _num(get("val_losses", step=-1)),
-            "pseudo_dice": _num(get("dice_per_class_or_region", step=-1)),
-            "mean_pseudo_dice": _num(get("mean_fg_dice", step=-1)),
-            "ema_pseudo_dice": _num(get("ema_fg_dice", step=-1)),
-        }
+            self._pgps_update_budget_actuals()
+            rec.save()
 
     def run_training(self) -> None:
-        """nnU-Net 2.8's loop with three changes: it re-reads ``num_epochs`` every epoch (``range``
-        fixes it at the start; the time budget's closed loop changes it mid-run); it times the
-        phases of each epoch with ``perf_counter`` around the calls it makes anyway (no device
-        sync added: the step time is taken at epoch granularity, after ``on_train_epoch_end``
-        has reduced the losses); and codecarbon covers exactly the session's epochs."""
+        """ADAPTED COPY of nnU-Net 2.8.1's loop (pinned by tests/test_nnunet_copies.py) with three
+        changes: it re-reads ``num_epochs`` every epoch (``range`` fixes it at the start; the time
+        budget's closed loop changes it mid-run); it times the phases of each epoch with
+        ``perf_counter`` around the calls it makes anyway (no device sync added: the step time is
+        taken at epoch granularity, after ``on_train_epoch_end`` has reduced the losses); and
+        codecarbon covers exactly the session's epochs."""
         self.on_train_start()
         while self.current_epoch < self.num_epochs:
             if self._pgps_energy is not None:
@@ -363,6 +233,13 @@ class PGPSTrainerBase(nnUNetTrainer):
             self._pgps_energy.stop()  # right after the last epoch's end
         self.on_train_end()
 
+    def on_train_end(self) -> None:
+        if self._pgps_plot is not None:
+            self._pgps_plot.flush()  # the final progress.png shows every epoch
+        super().on_train_end()
+        finish_loader(self.dataloader_train)
+        self._pgps_tally.detach()
+
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:
         """nnU-Net's final validation, timed: ``clock.final_validation_s`` (not training time)."""
         t0 = time.perf_counter()
@@ -376,75 +253,110 @@ class PGPSTrainerBase(nnUNetTrainer):
         else:  # nnUNetv2_train --val: the record was written by the training process
             record_final_validation(self.output_folder, seconds)
 
-    def on_train_end(self) -> None:
-        if self._pgps_plot is not None:
-            self._pgps_plot.flush()  # the final progress.png shows every epoch
-        super().on_train_end()
-        finish_loader(self.dataloader_train)
-        self._pgps_tally.detach()
-
-    # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's checkpoint plus the schedule, written to a temp file and renamed: a kill
-        mid-write never leaves a torn ``checkpoint_latest.pth`` (nnU-Net 2.8 writes in place)."""
-        if self.local_rank != 0:
-            return
-        if self.disable_checkpointing:
-            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
-            return
-        mod = unwrap(self.network)
-        checkpoint = {
-            "network_weights": mod.state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "logging": self.logger.get_checkpoint(),
-            "_best_ema": self._best_ema,
-            "current_epoch": self.current_epoch + 1,
-            "init_args": self.my_init_kwargs,
-            "trainer_name": self.__class__.__name__,
-            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
-            "pgps": {
-                "schedule": self.pgps_schedule.to_dict(),
-                "knobs": self.pgps_knobs.to_dict(),
-                "time_plan": self.pgps_time_plan,
-            },
-        }
-        fileio.write_with(filename, lambda tmp: torch.save(checkpoint, tmp))
+        checkpoint.save(self, filename)
 
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
-        """Refuse to resume a checkpoint whose curriculum differs from the current settings'."""
+        """Refuse to resume a checkpoint whose curriculum differs from the current settings'; a
+        budgeted run resumes with the plan it started with (never re-measured)."""
         if isinstance(filename_or_checkpoint, str):
             ckpt = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False, mmap=True)
             where = filename_or_checkpoint
         else:
             ckpt, where = filename_or_checkpoint, "checkpoint"
-        saved = ckpt.get("pgps")
-        if saved is None:
-            raise PGPSError(f"{where}: not written by a PGPS trainer (no 'pgps' entry); cannot check its curriculum")
-        plan, budget = saved.get("time_plan"), self.pgps_knobs.time_budget
-        if plan is not None and budget == "off":
-            raise PGPSError(
-                f"{where}: the checkpoint was trained with PGPS_TIME_BUDGET={plan['time_budget']}; "
-                "set it again to resume"
-            )
-        if plan is None and budget != "off":
-            raise PGPSError(f"{where}: the checkpoint holds no time-budget plan; unset PGPS_TIME_BUDGET to resume it")
+        plan = checkpoint.saved_time_plan(ckpt, where, self.pgps_knobs.time_budget)
         if plan is not None:
-            apply_plan(self, plan)  # never re-measured: the resumed run trains the schedule it started with
-        mine = self.pgps_schedule.to_dict()
-        if saved["schedule"] != mine:
-            diff = sorted(k for k in set(mine) | set(saved["schedule"]) if mine.get(k) != saved["schedule"].get(k))
-            detail = ", ".join(
-                f"{k}: checkpoint {saved['schedule'].get(k)!r} vs now {mine.get(k)!r}"
-                for k in diff
-                if k not in ("stages", "voxel_fraction")
-            )
-            raise PGPSError(
-                f"{where}: the checkpoint was trained with a different PGPS schedule ({detail or 'stages differ'}); "
-                "resume with the PGPS_* values in pgps_config.json or start a new run"
-            )
+            trainer_glue.apply_plan(self, plan)
+        checkpoint.check_schedule(ckpt, where, self.pgps_schedule.to_dict())
         if isinstance(filename_or_checkpoint, str):
-            del ckpt
-            super().load_checkpoint(filename_or_checkpoint)
-        else:
-            super().load_checkpoint(filename_or_checkpoint)
+            del ckpt  # nnU-Net loads it again, onto the device
+        super().load_checkpoint(filename_or_checkpoint)
+
+    # ---------------------------------------------------------------- the curriculum stage
+    def pgps_apply_stage(self, index: int) -> None:
+        """THE place where a curriculum stage becomes effective on this rank: the old training
+        loader is shut down, the stage's loader (and its augmentation) is built, the rank's batch
+        set, codecarbon's stage task started. Per-stage training settings belong here."""
+        finish_loader(self.dataloader_train)
+        world, rank = self.pgps_world
+        rs = rank_stage(self.pgps_schedule, index, world, rank, self.pgps_global_oversample)
+        self.dataloader_train = build_stage_loader(self, rs, self.current_epoch)
+        self.batch_size = rs.rank_batch
+        self._pgps_stage = index
+        if self._pgps_energy is not None:
+            self._pgps_energy.enter_stage(rs.name)
+        first, last = rs.stage.start_epoch, rs.stage.end_epoch - 1
+        self.print_to_log_file(f"PGPS {rs.name}: epochs {first}-{last}, batch/rank {rs.rank_batch}")
+
+    # ---------------------------------------------------------------- on_train_start parts
+    def _pgps_dry_run(self) -> None:
+        mode = self.pgps_knobs.dry_run
+        if not (mode == "on" or (mode == "auto" and self.device.type == "cuda")):
+            return
+        for patch, batch in self.pgps_dry_run_targets():
+            seconds = dry_run(self, patch, self.pgps_rank_batch(batch))
+            self.pgps_dry_runs.append({"patch_size": list(patch), "batch_size": batch, "seconds": seconds})
+            self.print_to_log_file(f"PGPS dry run at patch {list(patch)} x batch {batch}: ok ({seconds:.2f} s)")
+
+    def _pgps_start_time_budget(self) -> None:
+        """A fresh budgeted run measures and plans; a resumed one has its plan from the checkpoint."""
+        if self.pgps_knobs.time_budget == "off" or self.pgps_time_plan is not None:
+            return
+        if self.current_epoch != 0:
+            raise PGPSError(
+                f"{self.output_folder}: resuming at epoch {self.current_epoch}, but the checkpoint holds no "
+                f"time-budget plan; unset PGPS_TIME_BUDGET (={self.pgps_knobs.time_budget}) to resume this run"
+            )
+        trainer_glue.apply_plan(self, trainer_glue.make_plan(self))
+        p = self.pgps_time_plan
+        self.print_to_log_file(
+            f"PGPS time budget {p.budget_seconds:.1f} s: epochs {p.stage_epochs} at stages {p.stage_indices}, "
+            f"predicted {p.predicted_seconds:.1f} s (warm-up {p.warmup_seconds:.1f} s)"
+        )
+
+    def _pgps_open_record(self) -> None:
+        """Rank 0: clean up what killed writes left, write the config, open the record, prepare
+        codecarbon (started with the first epoch) and the throttled progress plot."""
+        remove_partials(self.output_folder)
+        config = self.pgps_config()
+        fileio.write_json(Path(self.output_folder) / CONFIG_NAME, config)
+        self._pgps_record = RunRecord(self.output_folder, self.__class__.__name__, config, self.pgps_schedule.to_dict())
+        self._pgps_record.start(self.current_epoch)
+        if self.pgps_time_plan is not None:
+            self._pgps_update_budget_actuals()
+            self._pgps_record.save()
+        if self.pgps_knobs.codecarbon != "off":
+            self._pgps_energy = StageEnergy(
+                self.pgps_knobs.codecarbon,
+                self.output_folder,
+                f"{self.__class__.__name__}_{self.plans_manager.dataset_name}",
+                config["codecarbon"]["tracking_mode"],
+            )
+        # nnU-Net's per-epoch progress.png, at most 2 % of the wall time
+        self._pgps_plot = ThrottledProgressPlot()
+        self.logger.plot_progress_png = lambda folder: self._pgps_plot.request(self.logger.local_logger, folder)
+
+    # ---------------------------------------------------------------- time budget
+    def _pgps_follow_time_budget(self, entry: dict | None) -> None:
+        """Closed loop after this epoch (``entry``: its record entry, rank 0 only); a decision goes
+        into the schedule, the record and pgps_config.json."""
+        rec = self._pgps_record
+        entries = [*rec.data["epochs"], entry] if rec is not None and entry is not None else []
+        resumed = resumed_epochs(rec.data["resumes"]) if rec is not None else set()
+        change = trainer_glue.follow(self, epoch_times(entries), resumed)
+        if rec is None or change is None:
+            return
+        rec.data["schedule"] = self.pgps_schedule.to_dict()
+        fileio.write_json(Path(self.output_folder) / CONFIG_NAME, self.pgps_config())
+        self.print_to_log_file(
+            f"PGPS re-plan after epoch {change.after_epoch} ({change.spent_seconds:.1f} s "
+            f"spent): epochs {change.stage_epochs} at stages {change.stage_indices}"
+        )
+
+    def _pgps_update_budget_actuals(self) -> None:
+        """The record's ``time_budget``: the current plan and the actual seconds per stage."""
+        rec, plan = self._pgps_record, self.pgps_time_plan
+        if rec is None or plan is None:
+            return
+        actual = actual_stage_seconds(plan, epoch_times(rec.data["epochs"]), resumed_epochs(rec.data["resumes"]))
+        rec.data["time_budget"] = {**plan.to_dict(), "actual_stage_seconds": actual, "actual_seconds": sum(actual)}

@@ -7,15 +7,21 @@ which keeps the epoch list free of gaps and duplicates."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgps import fileio
 from pgps.errors import PGPSError
 from pgps.nnunet.clock import lost_seconds, record_clock
+from pgps.nnunet.shapes import ShapeTally
+
+if TYPE_CHECKING:
+    from pgps.nnunet.base import PGPSTrainerBase
 
 RECORD_NAME = "pgps_record.json"
+CONFIG_NAME = "pgps_config.json"
 
 
 def _trained_part(schedule: Any, upto: int) -> Any:
@@ -68,11 +74,6 @@ class RunRecord:
         ]
         self.save()
 
-    def add_epoch(self, entry: dict) -> None:
-        """Append this epoch's entry and write (before nnU-Net's checkpoint of the epoch)."""
-        self.data["epochs"].append(entry)
-        self.save()
-
     def save(self) -> None:
         """Write the record, its clock recomputed from the epochs and resumes."""
         self.data["clock"] = record_clock(self.data["epochs"], self.data["resumes"], self.final_validation_s)
@@ -90,33 +91,73 @@ def record_final_validation(fold_dir: str | Path, seconds: float) -> None:
     fileio.write_json(path, data)
 
 
-class ShapeTally:
-    """Forward pre-hook: counts the input shapes the network receives, split by train/eval mode."""
+def _num(x: Any) -> Any:
+    """JSON-safe number or list of numbers (NaN -> None)."""
+    if x is None:
+        return None
+    if isinstance(x, list | tuple):
+        return [_num(v) for v in x]
+    if getattr(x, "ndim", 0):  # a numpy array
+        return [_num(v) for v in x.tolist()]
+    v = float(x)
+    return None if math.isnan(v) else v
 
-    def __init__(self) -> None:
-        self.train: dict[tuple[int, ...], int] = {}
-        self.val: dict[tuple[int, ...], int] = {}
-        self._handle = None
 
-    def __call__(self, module: Any, args: tuple) -> None:
-        if not args or not hasattr(args[0], "shape"):
-            return
-        bucket = self.train if module.training else self.val
-        shape = tuple(int(x) for x in args[0].shape)
-        bucket[shape] = bucket.get(shape, 0) + 1
+def epoch_entry(trainer: PGPSTrainerBase, tally: ShapeTally, end: float) -> dict:
+    """The record's entry for the epoch being closed (``end``: the time so far; the trainer sets
+    the final ``epoch_end``, ``wall_time`` and ``timing_s`` once nnU-Net's bookkeeping is done)."""
+    e = trainer.current_epoch
+    stage = trainer.pgps_schedule.stage_at(e)
+    get = trainer.logger.get_value
+    start = float(get("epoch_start_timestamps", step=-1))
+    return {
+        "epoch": e,
+        "stage": trainer.pgps_schedule.stage_index(e),
+        "patch_size": list(stage.patch_size),
+        "batch_size": stage.batch_size,
+        "train_input_shapes": ShapeTally.as_list(tally.train),
+        "val_input_shapes": ShapeTally.as_list(tally.val),
+        "epoch_start": start,
+        "epoch_end": end,
+        "wall_time": end - start,
+        "lr": _num(get("lrs", step=-1)),
+        "train_loss": _num(get("train_losses", step=-1)),
+        "val_loss": _num(get("val_losses", step=-1)),
+        "pseudo_dice": _num(get("dice_per_class_or_region", step=-1)),
+        "mean_pseudo_dice": _num(get("mean_fg_dice", step=-1)),
+        "ema_pseudo_dice": _num(get("ema_fg_dice", step=-1)),
+    }
 
-    def attach(self, module: Any) -> None:
-        self.detach()
-        self._handle = module.register_forward_pre_hook(self)
 
-    def detach(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+def run_config(trainer: PGPSTrainerBase, codecarbon_mode: str | None) -> dict:
+    """``pgps_config.json``: every setting the run used (knobs, plan geometry, versions, dry runs,
+    compile settings, the time-budget plan, codecarbon)."""
+    import nnunetv2
+    import torch
 
-    def reset(self) -> None:
-        self.train, self.val = {}, {}
-
-    @staticmethod
-    def as_list(bucket: dict[tuple[int, ...], int]) -> list[dict]:
-        return [{"shape": list(s), "count": n} for s, n in bucket.items()]
+    plan = trainer.pgps_time_plan
+    carbon = trainer.pgps_knobs.codecarbon
+    return {
+        "trainer": trainer.__class__.__name__,
+        "mode": trainer.pgps_mode,
+        "knobs": trainer.pgps_knobs.to_dict(),
+        "planned_patch_size": list(trainer.pgps_planned_patch),
+        "planned_batch_size": trainer.pgps_planned_batch,
+        "poolings": list(trainer.pgps_poolings),
+        "start_bottleneck": list(trainer.pgps_start_bottleneck) if trainer.pgps_start_bottleneck else None,
+        "oversample_foreground_percent": trainer.pgps_global_oversample,
+        "multicrop": trainer.pgps_multicrop,
+        "one_voxel_safe_instance_norm": trainer.pgps_safe_instance_norm,
+        "configuration": trainer.configuration_name,
+        "plans": trainer.plans_manager.plans_name,
+        "device": str(trainer.device),
+        "world_size": trainer.pgps_world[0],
+        "versions": {"torch": torch.__version__, "nnunetv2": getattr(nnunetv2, "__version__", "2.8.x")},
+        "dry_runs": trainer.pgps_dry_runs,
+        "torch_compile": getattr(trainer, "pgps_compile_settings", None),
+        "time_budget": plan.to_dict() if plan is not None else None,
+        "codecarbon": {
+            "country": None if carbon == "off" else carbon,
+            "tracking_mode": None if carbon == "off" else codecarbon_mode,
+        },
+    }
