@@ -88,7 +88,7 @@ def _publish(tmp: Path, target: Path) -> None:
     fsync_dir(target.parent)
 
 
-def write_with(path: StrPath, write: Callable[[Path], None]) -> None:
+def write_with(path: StrPath, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` on a temp file next to ``path`` (``torch.save``, ``savefig``, ...), then publish it."""
     target = Path(path)
     tmp = _temp_file(target)

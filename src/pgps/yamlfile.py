@@ -43,8 +43,9 @@ class _StrictLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
-    def compose_mapping_node(self, anchor: str | None) -> MappingNode:
-        node = super().compose_mapping_node(anchor)
+    # types-PyYAML declares ``anchor`` as a dict; PyYAML passes the anchor's name (or None)
+    def compose_mapping_node(self, anchor: str | None) -> MappingNode:  # type: ignore[override]
+        node = super().compose_mapping_node(anchor)  # type: ignore[arg-type]
         seen: dict[tuple[str, str], int] = {}
         for key, _value in node.value:
             if not isinstance(key, ScalarNode):

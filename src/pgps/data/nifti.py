@@ -107,4 +107,4 @@ def _scaled(arr: np.ndarray, slope: float, inter: float) -> np.ndarray:
         scl_slope = scl_slope.astype(use_dtype)
     if np.can_cast(scl_inter, use_dtype):
         scl_inter = scl_inter.astype(use_dtype)
-    return apply_read_scaling(arr, scl_slope, scl_inter)
+    return apply_read_scaling(arr, scl_slope, scl_inter)  # type: ignore[arg-type]  # nibabel types 0-d arrays as scalars

@@ -14,7 +14,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 if TYPE_CHECKING:
-    from pgps.data.synthetic import Variant
+    from pgps.data.catalog import Variant
 
 
 def case_rngs(seed: int, count: int) -> list[np.random.Generator]:
@@ -24,7 +24,7 @@ def case_rngs(seed: int, count: int) -> list[np.random.Generator]:
 
 def _physical_grid(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> list[np.ndarray]:
     axes = [np.arange(n, dtype=np.float32) * s for n, s in zip(shape, spacing)]
-    return np.meshgrid(*axes, indexing="ij")
+    return list(np.meshgrid(*axes, indexing="ij"))
 
 
 def _shape_mask(grid: list[np.ndarray], center: np.ndarray, radii: np.ndarray, kind: str) -> np.ndarray:

@@ -191,7 +191,7 @@ def _ref_id(ref: Ref, ids: list[list[str]]) -> str:
     return _array_id(ids[ref.index]) if ref.task is None else ids[ref.index][ref.task]
 
 
-def _submit_one(folder: Path, config: GridConfig, sub: Submission, params: dict[str, Any], after: str | None):
+def _submit_one(folder: Path, config: GridConfig, sub: Submission, params: dict[str, Any], after: str | None) -> Any:
     """One sbatch; a fresh executor each time so no request (a GPU, say) leaks into the next."""
     executor = _executor(folder, config.max_requeues)
     extra = dict(params.pop("slurm_additional_parameters"))
