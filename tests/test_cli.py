@@ -105,10 +105,21 @@ def test_missing_extra_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, ca
     )
 
 
-def test_trainer_modes_match_the_trainer_classes() -> None:
-    from pgps.schema import trainer_modes  # reads the classes with ast: no torch
-
-    assert TRAINER_MODES == trainer_modes(TRAINERS_DIR)
+def test_schedule_knows_every_shipped_trainer_and_the_budget_its_name_says() -> None:
+    """-tr accepts every class in src/pgps/trainers (the list is read from there, not typed; tests/
+    test_params_validation.py checks the reading against the imported classes); a class named ..._<N>epochs
+    schedules N epochs, and a different --epochs is refused as the trainer would refuse it."""
+    files = {p.stem for p in TRAINERS_DIR.glob("*.py") if p.stem != "__init__"}
+    assert set(TRAINER_MODES) == files | {"nnUNetTrainer"}
+    budget_classes = sorted(n for n in files if n.endswith("epochs"))
+    assert budget_classes, "no budget class shipped (nnUNetTrainerPGPS_250epochs, ...)"
+    for name in budget_classes:
+        epochs = int(name.rsplit("_", 1)[1].removesuffix("epochs"))
+        proc = pgps_run(*SCHEDULE[:-2], "-tr", name, "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["num_epochs"] == epochs
+        proc = pgps_run(*SCHEDULE[:-2], "-tr", name, "--epochs", str(epochs + 1))
+        assert proc.returncode == 2 and f"trains {epochs} epochs" in proc.stderr and proc.stderr.count("\n") == 1
 
 
 # ------------------------------------------------------------------------------------------ broken pipes
@@ -314,3 +325,14 @@ def test_env_exports_survive_a_shell_round_trip(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.stdout == str(root / "nnUNet_raw"), proc.stderr
+
+
+@pytest.mark.parametrize("name", ["p\nx.yaml", "p\rx.yaml", "p\x1b[31mred.yaml", "tab\there.yaml"])
+def test_an_error_naming_a_file_with_control_characters_stays_one_line(tmp_path: Path, name: str) -> None:
+    """Any verb's PGPSError is printed with control characters escaped: the one-line promise holds for names the
+    user (or a tarball, or a shared params file) chose."""
+    proc = pgps_run("report", "--params", name, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.endswith("\n"), repr(proc.stderr)
+    assert "\x1b" not in proc.stderr and "\r" not in proc.stderr and "\t" not in proc.stderr
+    assert name.encode("unicode_escape").decode("ascii") in proc.stderr  # the name, escaped, still there

@@ -101,7 +101,9 @@ def test_lists_come_from_their_sources() -> None:
     assert KNOWN_TASKS == MSD_TASKS + SYNTHETIC_TASKS
     files = {p.stem for p in TRAINERS_DIR.glob("*.py") if p.stem != "__init__"}
     assert set(KNOWN_TRAINERS) == files | {"nnUNetTrainer"}  # one class per file, named like the file
-    assert set(BASELINE_TRAINERS) == {"nnUNetTrainer", "nnUNetTrainerConstant"}
+    assert {"nnUNetTrainer", "nnUNetTrainerConstant"} <= set(BASELINE_TRAINERS)  # budget variants join them
+    assert all(TRAINER_MODES[name] == "constant" for name in BASELINE_TRAINERS)
+    assert {n for n, m in TRAINER_MODES.items() if m == "constant"} == set(BASELINE_TRAINERS)
 
 
 def test_trainer_modes_read_from_source_match_the_imported_classes() -> None:

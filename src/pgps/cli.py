@@ -19,7 +19,7 @@ import sys
 from typing import NamedTuple
 
 from pgps import __version__
-from pgps.errors import PGPSError
+from pgps.errors import PGPSError, one_line
 from pgps.schedule import ScheduleError
 
 
@@ -127,7 +127,7 @@ def _run(argv: list[str]) -> int:
         args = parser.parse_args(argv[1:])
         return int(importlib.import_module(verb.module).main(args) or 0)
     except (PGPSError, ScheduleError) as exc:
-        print(f"pgps {name}: error: {exc}", file=sys.stderr)
+        print(f"pgps {name}: error: {one_line(exc)}", file=sys.stderr)  # one line, whatever names it carries
         return EXIT_ERROR
     except ModuleNotFoundError as exc:
         extra = extra_of_module(exc.name)

@@ -13,12 +13,10 @@ checksum table and the synthetic generator, trainer classes from the files in ``
 
 from __future__ import annotations
 
-import ast
 import re
 import types
 import typing
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -26,47 +24,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pgps.data.catalog import MSD_MD5, TASK_VARIANT
 from pgps.errors import PGPSError
 from pgps.nnunet.knobs import parse_time_budget
-from pgps.paths import TRAINERS_DIR
+from pgps.trainer_catalog import trainer_modes
 from pgps.yamlfile import one_line
 
-
 # ------------------------------------------------------------------------------------ derived lists
-def trainer_modes(folder: Path = TRAINERS_DIR) -> dict[str, str]:
-    """Trainer class -> its ``pgps_mode``, for every class defined in ``folder/*.py`` (read with ``ast``).
-
-    A class without its own ``pgps_mode`` inherits the mode of a base class defined there; nnU-Net's own
-    ``nnUNetTrainer`` (constant patch) is always available.
-    """
-    own: dict[str, str | None] = {}
-    bases: dict[str, list[str]] = {}
-    for path in sorted(folder.glob("*.py")):
-        for node in ast.parse(path.read_text(), str(path)).body:
-            if isinstance(node, ast.ClassDef):
-                bases[node.name] = [b.id for b in node.bases if isinstance(b, ast.Name)]
-                own[node.name] = _class_constant(node, "pgps_mode")
-
-    def mode(name: str, seen: frozenset[str] = frozenset()) -> str | None:
-        if own.get(name) is not None:
-            return own[name]
-        inherited = (mode(b, seen | {name}) for b in bases.get(name, []) if b in own and b not in seen)
-        return next((m for m in inherited if m is not None), None)
-
-    found = {name: mode(name) for name in own}
-    return {"nnUNetTrainer": "constant", **{n: m for n, m in found.items() if m is not None}}
-
-
-def _class_constant(node: ast.ClassDef, attribute: str) -> str | None:
-    """The string literal assigned to ``attribute`` in a class body (``x = "..."`` or ``x: T = "..."``)."""
-    for stmt in node.body:
-        targets = (
-            stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
-        )
-        value = getattr(stmt, "value", None)
-        if any(isinstance(t, ast.Name) and t.id == attribute for t in targets) and isinstance(value, ast.Constant):
-            return value.value if isinstance(value.value, str) else None
-    return None
-
-
 MSD_TASKS: tuple[str, ...] = tuple(MSD_MD5)
 SYNTHETIC_TASKS: tuple[str, ...] = tuple(TASK_VARIANT)
 KNOWN_TASKS: tuple[str, ...] = MSD_TASKS + SYNTHETIC_TASKS

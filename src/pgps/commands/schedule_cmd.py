@@ -18,20 +18,11 @@ from pgps.errors import PGPSError
 from pgps.fileio import read_json
 from pgps.nnunet.geometry import poolings_from_strides
 from pgps.schedule import MODES, build_schedule, format_table
+from pgps.trainer_catalog import budget_epochs, trainer_modes
 
 DEFAULT_EPOCHS = 1000  # nnU-Net's and the trainers' (PGPS_NUM_EPOCHS) default
 
-# trainer class -> curriculum mode; tests/test_cli.py checks it against the classes' pgps_mode (pgps.schema
-# reads those without importing torch, but needs pydantic, which the core does not install)
-TRAINER_MODES: dict[str, str] = {
-    "nnUNetTrainer": "constant",
-    "nnUNetTrainerConstant": "constant",
-    "nnUNetTrainerPGPS": "pgps",
-    "nnUNetTrainerPGPSPlus": "pgps+",
-    "nnUNetTrainerRPSS": "rpss",
-    "nnUNetTrainerPGPSEfficiency": "efficiency",
-    "nnUNetTrainerPGPSPerformance": "performance",
-}
+TRAINER_MODES: dict[str, str] = trainer_modes()  # read from src/pgps/trainers (ast: no torch, no pydantic)
 
 
 @dataclass(frozen=True)
@@ -55,7 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hand.add_argument("--patch-size", type=int, nargs="+", metavar="N", help="planned patch size, 2 or 3 axes (Z Y X)")
     hand.add_argument("--poolings", type=int, nargs="+", metavar="P", help="stride-2 poolings per axis")
     parser.add_argument(
-        "--epochs", type=int, default=DEFAULT_EPOCHS, help=f"epochs of the run (default {DEFAULT_EPOCHS})"
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"epochs of the run (default: the budget a -tr class's name says, e.g. _250epochs, else {DEFAULT_EPOCHS})",
     )
     parser.add_argument(
         "--batch-size", type=int, default=None, help="planned batch size (default: the plan's; typed by hand: 2)"
@@ -73,7 +67,8 @@ def main(args: argparse.Namespace) -> int:
     geometry = _geometry(args)
     mode = TRAINER_MODES[args.trainer] if args.trainer else (args.mode or "pgps")
     batch = args.batch_size if args.batch_size is not None else geometry.batch_size
-    schedule = build_schedule(geometry.patch_size, geometry.poolings, args.epochs, batch, mode, args.seed)
+    epochs = _epochs(args.epochs, args.trainer)
+    schedule = build_schedule(geometry.patch_size, geometry.poolings, epochs, batch, mode, args.seed)
     if args.json:
         print(json.dumps(schedule.to_dict()))
     else:
@@ -81,6 +76,14 @@ def main(args: argparse.Namespace) -> int:
             print(f"plan: {geometry.source}")
         print(format_table(schedule))
     return 0
+
+
+def _epochs(explicit: int | None, trainer: str | None) -> int:
+    """--epochs, or the budget in a -tr class's name; both and different: refused, as the trainer would."""
+    named = budget_epochs(trainer) if trainer else None
+    if explicit is not None and named is not None and explicit != named:
+        raise PGPSError(f"-tr {trainer} trains {named} epochs (its name says so), not --epochs {explicit}")
+    return explicit if explicit is not None else named if named is not None else DEFAULT_EPOCHS
 
 
 def _geometry(args: argparse.Namespace) -> PlanGeometry:

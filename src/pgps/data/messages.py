@@ -9,19 +9,13 @@ denied, I/O error) into the same kind of line, naming the file.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable
 from typing import TypeVar
 
-from pgps.errors import PGPSError
+from pgps.errors import PGPSError, one_line
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+__all__ = ["PGPSError", "one_line", "os_error_line", "squeeze", "user_errors"]
 T = TypeVar("T")
-
-
-def one_line(text: object) -> str:
-    """``text`` with each control character (newline, carriage return, tab, ESC ...) written as an escape."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
 
 
 def squeeze(exc: BaseException) -> str:
