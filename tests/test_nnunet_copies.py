@@ -24,6 +24,11 @@ PINNED = [
         "src/pgps/nnunet/checkpoint.py save (adapted copy: same dict plus 'pgps', atomic write)",
     ),
     (
+        "nnunetv2.training.nnUNetTrainer.nnUNetTrainer:nnUNetTrainer.load_checkpoint",
+        "a386bed4eafaa4fab674a479d98323059d26764938ad7fd8ecac35b6db85ee36",
+        "src/pgps/nnunet/checkpoint.py restore (adapted copy of the part after torch.load: loaded safely, weights_only)",
+    ),
+    (
         "nnunetv2.training.nnUNetTrainer.nnUNetTrainer:nnUNetTrainer.get_dataloaders",
         "5f59e2b907cfa2d1eb1e77ab2a5b8893161e7af8567fc5669c62a4810334899e",
         "src/pgps/nnunet/loaders.py build_train_loader (adapted copy of the training half, for a stage patch)",

@@ -154,3 +154,22 @@ def test_first_plan_and_its_round_trip_through_json() -> None:
     del data["measured"]["plot_seconds"]
     with pytest.raises(PGPSError, match="^ckpt: time-budget plan lacks 'plot_seconds'"):
         TimePlan.from_dict(data, "ckpt")
+
+
+def test_a_budget_below_one_full_epoch_trains_that_epoch_over_budget() -> None:
+    """Every budget that parses works (issue 15): none fails after the warm-up; one epoch at the full
+    patch (10 iterations of 1.0 s alone exceed 5 s), predicted over the budget for the trainer's log."""
+    plan = first_plan(
+        COSTS,
+        time_budget="5s",
+        num_epochs=1000,
+        iters_per_epoch=10,
+        val_iters=2,
+        save_every=1,
+        min_full_share=0.25,
+        warmup_seconds=3.0,
+    )
+    assert (plan.stage_indices, plan.stage_epochs, plan.budget_seconds) == ([2], [1], 5.0)
+    assert plan.epoch_seconds[2] > 10.0
+    assert plan.predicted_seconds == pytest.approx(0.2 + 0.5 + plan.epoch_seconds[2])
+    assert plan.predicted_seconds > plan.budget_seconds

@@ -27,12 +27,14 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from pgps import fileio
 from pgps.errors import PGPSError
 from pgps.nnunet import checkpoint
+from pgps.nnunet.augmentation import augmentation_record, rule_for
 from pgps.nnunet.clock import PhaseTimes, epoch_times, resumed_epochs
 from pgps.nnunet.compiling import configure_static_recompiles
+from pgps.nnunet.cuda_graphs import GraphedTrainStep, losses_to_host, make_graphed_step
 from pgps.nnunet.dryrun import dry_run, unwrap
 from pgps.nnunet.energy import StageEnergy, tracking_mode
 from pgps.nnunet.geometry import poolings_from_strides, rank_batch_sizes
-from pgps.nnunet.knobs import read_knobs
+from pgps.nnunet.knobs import Knobs, read_knobs, resume_knobs
 from pgps.nnunet.loaders import PatchSwitch, finish_loader
 from pgps.nnunet.norm import make_instance_norm_one_voxel_safe
 from pgps.nnunet.progress import ThrottledProgressPlot
@@ -75,12 +77,6 @@ class PGPSTrainerBase(nnUNetTrainer):
         device: torch.device = _CUDA,
     ) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.pgps_knobs = read_knobs()
-        seed_everything(self.pgps_knobs.seed)
-        self.num_epochs = self.pgps_knobs.num_epochs
-        self.num_iterations_per_epoch = self.pgps_knobs.iters_per_epoch
-        self.num_val_iterations_per_epoch = self.pgps_knobs.val_iters
-        self.save_every = self.pgps_knobs.save_every
         if self.pgps_oversample is not None:
             self.oversample_foreground_percent = self.pgps_oversample
         self.pgps_global_oversample = self.oversample_foreground_percent
@@ -92,18 +88,8 @@ class PGPSTrainerBase(nnUNetTrainer):
         if strides is None:
             raise PGPSError(f"{where}: architecture arch_kwargs has no 'strides'; cannot count poolings per axis")
         self.pgps_poolings = poolings_from_strides(strides, len(self.pgps_planned_patch), where)
-        try:
-            self.pgps_schedule: Schedule = build_schedule(
-                self.pgps_planned_patch,
-                self.pgps_poolings,
-                self.num_epochs,
-                self.pgps_planned_batch,
-                mode=self.pgps_mode,
-                seed=self.pgps_knobs.seed,
-                start_bottleneck=self.pgps_start_bottleneck,
-            )
-        except ScheduleError as exc:
-            raise PGPSError(f"{where}: {exc}") from None
+        self._pgps_where = where
+        self.pgps_configure(read_knobs())
         self.pgps_time_plan: TimePlan | None = None  # PGPS_TIME_BUDGET: measured once, then from the checkpoint
         self.pgps_dry_runs: list[dict] = []
         self._pgps_stage: int | None = None
@@ -112,8 +98,36 @@ class PGPSTrainerBase(nnUNetTrainer):
         self._pgps_record: RunRecord | None = None
         self._pgps_energy: StageEnergy | None = None
         self._pgps_plot: ThrottledProgressPlot | None = None
+        self._pgps_graphed: GraphedTrainStep | None = None  # PGPS_CUDA_GRAPHS=on where available
+        self.pgps_cuda_graphs: dict | None = None  # pgps_config.json's cuda_graphs: requested, active, why not
 
     # ---------------------------------------------------------------- helpers
+    def pgps_configure(self, knobs: Knobs) -> None:
+        """Everything the PGPS_* knobs decide: seed, epochs, iterations, checkpoint interval, the
+        schedule. Called once from ``__init__`` and again by ``load_checkpoint`` when a resumed run
+        takes the checkpoint's knobs (``knobs.resume_knobs``), before nnU-Net's ``initialize``."""
+        self.pgps_knobs = knobs
+        seed_everything(knobs.seed)
+        self.num_epochs = knobs.num_epochs
+        self.num_iterations_per_epoch = knobs.iters_per_epoch
+        self.num_val_iterations_per_epoch = knobs.val_iters
+        self.save_every = knobs.save_every
+        try:
+            self.pgps_schedule: Schedule = build_schedule(
+                self.pgps_planned_patch,
+                self.pgps_poolings,
+                self.num_epochs,
+                self.pgps_planned_batch,
+                mode=self.pgps_mode,
+                seed=knobs.seed,
+                start_bottleneck=self.pgps_start_bottleneck,
+            )
+        except ScheduleError as exc:
+            raise PGPSError(f"{self._pgps_where}: {exc}") from None
+        scheduler = getattr(self, "lr_scheduler", None)
+        if scheduler is not None and hasattr(scheduler, "max_steps"):
+            scheduler.max_steps = self.num_epochs  # initialize() already ran: PolyLRScheduler fixed it there
+
     @property
     def pgps_world(self) -> tuple[int, int]:
         """(world size, rank)."""
@@ -126,6 +140,16 @@ class PGPSTrainerBase(nnUNetTrainer):
 
     def pgps_config(self) -> dict:
         return run_config(self, tracking_mode(self.pgps_world[0]))
+
+    def pgps_augmentation_record(self) -> dict:
+        """The record's ``augmentation``: per stage (RPSS: per candidate patch) the regime its
+        loader is built with (``PGPS_AUGMENTATION``; pgps.nnunet.augmentation, the same rule)."""
+        schedule = self.pgps_schedule
+        if schedule.candidates:
+            pairs = [(0, c) for c in schedule.candidates]
+        else:
+            pairs = [(i, st.patch_size) for i, st in enumerate(schedule.stages)]
+        return augmentation_record(self.pgps_knobs.augmentation, self.pgps_planned_patch, pairs, rule_for(self))
 
     def pgps_dry_run_targets(self) -> list[tuple[tuple[int, ...], int]]:
         """The planned patch x batch, plus the stage with the most voxels per batch if larger."""
@@ -154,6 +178,9 @@ class PGPSTrainerBase(nnUNetTrainer):
         self.dataloader_train = None
         self._pgps_stage = None
         self._pgps_start_time_budget()
+        self._pgps_graphed, self.pgps_cuda_graphs = make_graphed_step(
+            self, self.pgps_knobs.cuda_graphs, untracked_forward=self._pgps_count_replayed_step
+        )
         if self.local_rank == 0:
             self._pgps_open_record()
         self._pgps_tally.attach(self.network)
@@ -198,12 +225,13 @@ class PGPSTrainerBase(nnUNetTrainer):
             rec.save()
 
     def run_training(self) -> None:
-        """ADAPTED COPY of nnU-Net 2.8.1's loop (pinned by tests/test_nnunet_copies.py) with three
+        """ADAPTED COPY of nnU-Net 2.8.1's loop (pinned by tests/test_nnunet_copies.py) with four
         changes: it re-reads ``num_epochs`` every epoch (``range`` fixes it at the start; the time
         budget's closed loop changes it mid-run); it times the phases of each epoch with
         ``perf_counter`` around the calls it makes anyway (no device sync added: the step time is
-        taken at epoch granularity, after ``on_train_epoch_end`` has reduced the losses); and
-        codecarbon covers exactly the session's epochs."""
+        taken at epoch granularity, after ``on_train_epoch_end`` has reduced the losses);
+        codecarbon covers exactly the session's epochs; with ``PGPS_CUDA_GRAPHS=on`` (where
+        available) the step is the graphed one, its losses brought to the host once per epoch."""
         self.on_train_start()
         while self.current_epoch < self.num_epochs:
             if self._pgps_energy is not None:
@@ -217,7 +245,9 @@ class PGPSTrainerBase(nnUNetTrainer):
                 w0 = time.perf_counter()
                 batch = next(self.dataloader_train)
                 phases.loader_wait += time.perf_counter() - w0
-                train_outputs.append(self.train_step(batch))
+                train_outputs.append(self._pgps_step(batch))
+            if self._pgps_graphed is not None:
+                train_outputs = losses_to_host(train_outputs)
             self.on_train_epoch_end(train_outputs)
             t1 = time.perf_counter()
             phases.network_steps = t1 - t0 - phases.loader_wait
@@ -236,6 +266,9 @@ class PGPSTrainerBase(nnUNetTrainer):
     def on_train_end(self) -> None:
         if self._pgps_plot is not None:
             self._pgps_plot.flush()  # the final progress.png shows every epoch
+        if self._pgps_graphed is not None and self._pgps_record is not None:
+            self._pgps_record.data["cuda_graphs"] = self._pgps_graphed.history + self._pgps_graphed.stats()
+            self._pgps_record.save()
         super().on_train_end()
         finish_loader(self.dataloader_train)
         self._pgps_tally.detach()
@@ -257,20 +290,25 @@ class PGPSTrainerBase(nnUNetTrainer):
         checkpoint.save(self, filename)
 
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
-        """Refuse to resume a checkpoint whose curriculum differs from the current settings'; a
-        budgeted run resumes with the plan it started with (never re-measured)."""
+        """Load without running code from the file (``checkpoint.load_safely``: weights_only, the
+        PGPS entry's structure checked); take the run's PGPS_* knobs from the checkpoint (a
+        variable set to another value is refused, naming both: ``knobs.resume_knobs``); refuse a
+        checkpoint whose curriculum differs; a budgeted run resumes with the plan it started with
+        (never re-measured); then nnU-Net's restore (``checkpoint.restore``, an adapted copy)."""
         if isinstance(filename_or_checkpoint, str):
-            ckpt = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False, mmap=True)
             where = filename_or_checkpoint
+            ckpt = checkpoint.load_safely(where)
         else:
             ckpt, where = filename_or_checkpoint, "checkpoint"
+            checkpoint.check_structure(ckpt, where)
+        knobs = resume_knobs(ckpt["pgps"]["knobs"], where)
+        if knobs != self.pgps_knobs:
+            self.pgps_configure(knobs)
         plan = checkpoint.saved_time_plan(ckpt, where, self.pgps_knobs.time_budget)
         if plan is not None:
             trainer_glue.apply_plan(self, plan)
         checkpoint.check_schedule(ckpt, where, self.pgps_schedule.to_dict())
-        if isinstance(filename_or_checkpoint, str):
-            del ckpt  # nnU-Net loads it again, onto the device
-        super().load_checkpoint(filename_or_checkpoint)
+        checkpoint.restore(self, ckpt)
 
     # ---------------------------------------------------------------- the curriculum stage
     def pgps_apply_stage(self, index: int) -> None:
@@ -278,6 +316,8 @@ class PGPSTrainerBase(nnUNetTrainer):
         loader is shut down, the stage's loader (and its augmentation) is built, the rank's batch
         set, codecarbon's stage task started. Per-stage training settings belong here."""
         finish_loader(self.dataloader_train)
+        if self._pgps_graphed is not None:
+            self._pgps_graphed.clear()  # a stage never comes back: free its graphs
         world, rank = self.pgps_world
         rs = rank_stage(self.pgps_schedule, index, world, rank, self.pgps_global_oversample)
         self.dataloader_train = build_stage_loader(self, rs, self.current_epoch)
@@ -287,6 +327,14 @@ class PGPSTrainerBase(nnUNetTrainer):
             self._pgps_energy.enter_stage(rs.name)
         first, last = rs.stage.start_epoch, rs.stage.end_epoch - 1
         self.print_to_log_file(f"PGPS {rs.name}: epochs {first}-{last}, batch/rank {rs.rank_batch}")
+
+    def _pgps_step(self, batch: dict) -> dict:
+        """One training step: the graphed one (PGPS_CUDA_GRAPHS=on, CUDA) or nnU-Net's."""
+        return self._pgps_graphed(batch) if self._pgps_graphed is not None else self.train_step(batch)
+
+    def _pgps_count_replayed_step(self, data: torch.Tensor) -> None:
+        """A graph replay runs no forward hook: count its input shape as the hook would."""
+        self._pgps_tally(self.network, (data,))
 
     # ---------------------------------------------------------------- on_train_start parts
     def _pgps_dry_run(self) -> None:
@@ -313,6 +361,11 @@ class PGPSTrainerBase(nnUNetTrainer):
             f"PGPS time budget {p.budget_seconds:.1f} s: epochs {p.stage_epochs} at stages {p.stage_indices}, "
             f"predicted {p.predicted_seconds:.1f} s (warm-up {p.warmup_seconds:.1f} s)"
         )
+        if p.predicted_seconds > p.budget_seconds:
+            self.print_to_log_file(
+                f"PGPS time budget {p.budget_seconds:.1f} s cannot hold one epoch at the full patch: "
+                "training that one epoch anyway (over budget)"
+            )
 
     def _pgps_open_record(self) -> None:
         """Rank 0: clean up what killed writes left, write the config, open the record, prepare
@@ -321,6 +374,7 @@ class PGPSTrainerBase(nnUNetTrainer):
         config = self.pgps_config()
         fileio.write_json(Path(self.output_folder) / CONFIG_NAME, config)
         self._pgps_record = RunRecord(self.output_folder, self.__class__.__name__, config, self.pgps_schedule.to_dict())
+        self._pgps_record.data["augmentation"] = self.pgps_augmentation_record()
         self._pgps_record.start(self.current_epoch)
         if self.pgps_time_plan is not None:
             self._pgps_update_budget_actuals()
@@ -347,6 +401,7 @@ class PGPSTrainerBase(nnUNetTrainer):
         if rec is None or change is None:
             return
         rec.data["schedule"] = self.pgps_schedule.to_dict()
+        rec.data["augmentation"] = self.pgps_augmentation_record()
         fileio.write_json(Path(self.output_folder) / CONFIG_NAME, self.pgps_config())
         self.print_to_log_file(
             f"PGPS re-plan after epoch {change.after_epoch} ({change.spent_seconds:.1f} s "

@@ -155,6 +155,8 @@ def run_config(trainer: PGPSTrainerBase, codecarbon_mode: str | None) -> dict:
         "versions": {"torch": torch.__version__, "nnunetv2": getattr(nnunetv2, "__version__", "2.8.x")},
         "dry_runs": trainer.pgps_dry_runs,
         "torch_compile": getattr(trainer, "pgps_compile_settings", None),
+        "augmentation": trainer.pgps_knobs.augmentation,
+        "cuda_graphs": trainer.pgps_cuda_graphs,
         "time_budget": plan.to_dict() if plan is not None else None,
         "codecarbon": {
             "country": None if carbon == "off" else carbon,

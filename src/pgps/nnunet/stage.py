@@ -54,14 +54,17 @@ def _n_proc_per_loader(n_loaders: int) -> int:
 
 
 def build_stage_loader(trainer: PGPSTrainerBase, rs: RankStage, epoch: int) -> Any:
-    """The training loader of stage ``rs`` (RPSS: one loader per candidate patch)."""
-    schedule = trainer.pgps_schedule
+    """The training loader of stage ``rs`` (RPSS: one loader per candidate patch), augmented as
+    ``PGPS_AUGMENTATION`` says (pgps.nnunet.augmentation)."""
+    schedule, aug = trainer.pgps_schedule, trainer.pgps_knobs.augmentation
     if schedule.candidates:
         n = _n_proc_per_loader(len(schedule.candidates))
         loaders = {
-            tuple(c): build_train_loader(trainer, c, rs.rank_batch, rs.oversample, num_processes=n)
+            tuple(c): build_train_loader(trainer, c, rs.rank_batch, rs.oversample, num_processes=n, augmentation=aug)
             for c in schedule.candidates
         }
         return PatchSwitch(loaders, rpss_pick(schedule, epoch))
     cases = trainer.pgps_rank_batch(trainer.pgps_planned_batch) if trainer.pgps_multicrop else None
-    return build_train_loader(trainer, rs.stage.patch_size, rs.rank_batch, rs.oversample, cases_per_batch=cases)
+    return build_train_loader(
+        trainer, rs.stage.patch_size, rs.rank_batch, rs.oversample, cases_per_batch=cases, augmentation=aug
+    )

@@ -286,12 +286,18 @@ def first_plan(
     min_full_share: float,
     warmup_seconds: float,
 ) -> TimePlan:
-    """The open-loop plan from the warm-up's costs (a ScheduleError when the budget is too short)."""
+    """The open-loop plan from the warm-up's costs. A budget that cannot hold one epoch at the full
+    patch still trains that one epoch (over budget, ``predicted_seconds > budget_seconds``; the
+    trainer logs it): every budget that parses works, none fails after the warm-up."""
     per_epoch = epoch_seconds(costs, iters_per_epoch, val_iters, save_every)
     budget = budget_seconds(time_budget, num_epochs, per_epoch)
     # per stage change: a new loader and the first step at a new shape (all stages: an upper bound when thinned)
     fixed = len(per_epoch) * costs.loader_build_seconds + sum(costs.first_step_extra_seconds)
-    plan = plan_epochs(per_epoch, budget, min_full_share, fixed_seconds=fixed)
+    if fixed + per_epoch[-1] > budget:
+        last = len(per_epoch) - 1
+        plan = EpochPlan([1], [last], costs.stage_change_seconds(last) + per_epoch[last], budget)
+    else:
+        plan = plan_epochs(per_epoch, budget, min_full_share, fixed_seconds=fixed)
     return TimePlan(
         time_budget=time_budget,
         budget_seconds=budget,

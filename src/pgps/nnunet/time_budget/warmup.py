@@ -95,6 +95,7 @@ def measure(trainer: PGPSTrainerBase, stages: Sequence[Stage]) -> WarmupCosts:
         trainer.pgps_rank_batch(trainer.pgps_planned_batch),
         trainer.pgps_global_oversample,
         cases_per_batch=cases,
+        augmentation=trainer.pgps_knobs.augmentation,
     )
     build = time.perf_counter() - t0
     try:
