@@ -26,7 +26,7 @@ PINNED = [
     (
         "nnunetv2.training.nnUNetTrainer.nnUNetTrainer:nnUNetTrainer.load_checkpoint",
         "a386bed4eafaa4fab674a479d98323059d26764938ad7fd8ecac35b6db85ee36",
-        "src/pgps/nnunet/checkpoint.py restore (adapted copy of the part after torch.load: loaded safely, weights_only)",
+        "src/pgps/nnunet/checkpoint.py restore (adapted copy of what follows its torch.load; loaded weights_only)",
     ),
     (
         "nnunetv2.training.nnUNetTrainer.nnUNetTrainer:nnUNetTrainer.get_dataloaders",

@@ -82,6 +82,21 @@ def test_network_saw_the_schedule_and_validated_at_full_patch(root: Path, refere
     assert [(s["patch_size"], s["batch_size"], s["start_epoch"], s["end_epoch"]) for s in stages] == [
         (p, 2, k, k + 1) for k, p in enumerate(STAGES)
     ]
+    # the default augmentation regime (PGPS_AUGMENTATION=stage): nnU-Net's rule on each stage patch; iso patches
+    # get 3D +-30 deg about every axis; initial crops by hand (test_augmentation_regime.py's formula)
+    aug = rec["augmentation"]
+    assert aug["mode"] == "stage" and [e["patch_size"] for e in aug["stages"]] == STAGES
+    assert [e["stage"] for e in aug["stages"]] == list(range(6))
+    assert (aug["stages"][0]["initial_patch_size"], aug["stages"][-1]["initial_patch_size"]) == ([21, 12, 17], [51] * 3)
+    for e in aug["stages"]:
+        assert e["dummy_2d"] is False and e["mirror_axes"] == [0, 1, 2]
+        assert e["rotation_deg"] == {axis: [-30.0, 30.0] for axis in "xyz"}
+    cfg = json.loads((reference / "pgps_config.json").read_text())
+    assert (cfg["augmentation"], cfg["cuda_graphs"]["requested"], cfg["cuda_graphs"]["active"]) == (
+        "stage",
+        "off",
+        False,
+    )
     # the plan the run copied for inference still holds the planned patch
     saved = json.loads((reference.parent / "plans.json").read_text())["configurations"]["3d_fullres"]
     assert saved["patch_size"] == planned and saved["batch_size"] == bs
@@ -251,10 +266,15 @@ def test_sigkill_mid_curriculum_then_resume_matches_uninterrupted(root: Path, re
         timeout=300,
     )
     assert bad.returncode != 0
-    assert "checkpoint_latest.pth: the checkpoint was trained with a different PGPS schedule" in bad.stderr
-    assert "num_epochs: checkpoint 6 vs now 9" in bad.stderr
+    assert (
+        "checkpoint_latest.pth: PGPS_NUM_EPOCHS='9' conflicts with the checkpoint's PGPS_NUM_EPOCHS=6; unset it"
+        in bad.stderr
+    )
 
-    run(train_cmd(name, "--c"), env)
+    # --c without any PGPS_* variable: the run's knobs come from the checkpoint (issue 12.3)
+    run(train_cmd(name, "--c"), {k: v for k, v in env.items() if not k.startswith("PGPS_")})
+    knobs = json.loads((fold / "pgps_config.json").read_text())["knobs"]
+    assert (knobs["num_epochs"], knobs["iters_per_epoch"], knobs["seed"]) == (6, 1, 7)
     rec, ref = read_record(fold), read_record(reference)
     assert [e["epoch"] for e in rec["epochs"]] == list(range(6))  # no gaps, no duplicates
     assert [e["patch_size"] for e in rec["epochs"]] == [e["patch_size"] for e in ref["epochs"]]

@@ -13,12 +13,13 @@ docs/DESIGN.md lists the nnU-Net methods overridden here and why."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
 import time
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -67,6 +68,8 @@ class PGPSTrainerBase(nnUNetTrainer):
     pgps_multicrop: ClassVar[bool] = False  # performance mode: load planned-batch cases, crop several times
     pgps_safe_instance_norm: ClassVar[bool] = False  # allow a 1-voxel bottleneck (journal modes)
     pgps_oversample: ClassVar[float | None] = 0.5  # official PGPS fixes 0.5; None keeps nnU-Net's 0.33
+    pgps_budget_epochs: ClassVar[int | None] = None  # a budget class (``..._250epochs``) fixes the epoch count
+    dataloader_train: Any  # nnU-Net's planned-size loader, then a stage's (or None between stages)
 
     def __init__(
         self,
@@ -89,7 +92,10 @@ class PGPSTrainerBase(nnUNetTrainer):
             raise PGPSError(f"{where}: architecture arch_kwargs has no 'strides'; cannot count poolings per axis")
         self.pgps_poolings = poolings_from_strides(strides, len(self.pgps_planned_patch), where)
         self._pgps_where = where
-        self.pgps_configure(read_knobs())
+        knobs = read_knobs()
+        if self.pgps_budget_epochs is not None:  # the class's epochs replace PGPS_NUM_EPOCHS (pgps.nnunet.variants)
+            knobs = dataclasses.replace(knobs, num_epochs=self.pgps_budget_epochs)
+        self.pgps_configure(knobs)
         self.pgps_time_plan: TimePlan | None = None  # PGPS_TIME_BUDGET: measured once, then from the checkpoint
         self.pgps_dry_runs: list[dict] = []
         self._pgps_stage: int | None = None
@@ -355,8 +361,8 @@ class PGPSTrainerBase(nnUNetTrainer):
                 f"{self.output_folder}: resuming at epoch {self.current_epoch}, but the checkpoint holds no "
                 f"time-budget plan; unset PGPS_TIME_BUDGET (={self.pgps_knobs.time_budget}) to resume this run"
             )
-        trainer_glue.apply_plan(self, trainer_glue.make_plan(self))
-        p = self.pgps_time_plan
+        p = trainer_glue.make_plan(self)
+        trainer_glue.apply_plan(self, p)
         self.print_to_log_file(
             f"PGPS time budget {p.budget_seconds:.1f} s: epochs {p.stage_epochs} at stages {p.stage_indices}, "
             f"predicted {p.predicted_seconds:.1f} s (warm-up {p.warmup_seconds:.1f} s)"

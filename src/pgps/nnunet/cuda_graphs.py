@@ -77,7 +77,7 @@ def make_fused(optimizer: torch.optim.Optimizer) -> None:
     for group in optimizer.param_groups:
         group["fused"], group["foreach"] = True, False
     optimizer.defaults["fused"], optimizer.defaults["foreach"] = True, False
-    optimizer._step_supports_amp_scaling = True  # what SGD(fused=True) sets in __init__
+    optimizer._step_supports_amp_scaling = True  # type: ignore[attr-defined]  # what SGD(fused=True) sets in __init__
 
 
 class StaticStep:
@@ -91,7 +91,7 @@ class StaticStep:
         dev = trainer.device
         self.data = torch.empty(data.shape, dtype=data.dtype, device=dev)
         self.target_is_list = isinstance(target, list | tuple)
-        targets = list(target) if self.target_is_list else [target]
+        targets = [target] if isinstance(target, torch.Tensor) else list(target)
         self.targets = [torch.empty(t.shape, dtype=t.dtype, device=dev) for t in targets]
 
     @staticmethod
@@ -299,14 +299,15 @@ class GraphedTrainStep:
         fresh = entry.replay is None
         if fresh:
             self._capture(entry)
-            if entry.replay is None:
-                return {"loss": self._eager(entry).clone()}
+        replay, loss = entry.replay, entry.loss
+        if replay is None or loss is None:  # the capture failed: this shape trains eagerly
+            return {"loss": self._eager(entry).clone()}
         self._sync_lr()
-        entry.replay()
+        replay()
         entry.stats["replays"] += 1
         if not fresh and self.untracked_forward is not None:
             self.untracked_forward(entry.static.data)  # the capture ran the hooks for this batch
-        return {"loss": entry.loss.clone()}
+        return {"loss": loss.clone()}
 
 
 def _reset_scaler_state(scaler: Any) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 
 def tracking_mode(world_size: int) -> str:
@@ -32,7 +33,7 @@ class StageEnergy:
         self.fold_dir = Path(fold_dir)
         self.project = project
         self.mode = mode
-        self.tracker = None
+        self.tracker: Any = None  # codecarbon's OfflineEmissionsTracker while a session runs
         self.task: str | None = None
 
     @property

@@ -6,13 +6,19 @@ affine bias -- exactly what the journal fork's global patch of torch computes.""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:  # the mixin only ever sits before an InstanceNorm class
+    from torch.nn.modules.instancenorm import _InstanceNorm as _Base
+else:
+    _Base = object
 
-class _OneVoxelSafe:
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+
+class _OneVoxelSafe(_Base):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         uses_batch_stats = self.training or not self.track_running_stats  # when torch's size check fires
         if uses_batch_stats and math.prod(x.shape[2:]) == 1:
             out = torch.zeros_like(x)
@@ -20,7 +26,7 @@ class _OneVoxelSafe:
                 shape = (1, -1) + (1,) * (x.ndim - 2)
                 out = out * self.weight.view(shape) + self.bias.view(shape)
             return out
-        return super().forward(x)  # type: ignore[misc]
+        return super().forward(x)
 
 
 class SafeInstanceNorm1d(_OneVoxelSafe, nn.InstanceNorm1d):
@@ -35,7 +41,7 @@ class SafeInstanceNorm3d(_OneVoxelSafe, nn.InstanceNorm3d):
     pass
 
 
-_SAFE = {
+_SAFE: dict[type[nn.Module], type[nn.Module]] = {
     nn.InstanceNorm1d: SafeInstanceNorm1d,
     nn.InstanceNorm2d: SafeInstanceNorm2d,
     nn.InstanceNorm3d: SafeInstanceNorm3d,

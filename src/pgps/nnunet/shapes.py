@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch.utils.hooks import RemovableHandle
+
 
 class ShapeTally:
     """Forward pre-hook: counts the input shapes the network receives, split by train/eval mode."""
@@ -13,7 +15,7 @@ class ShapeTally:
     def __init__(self) -> None:
         self.train: dict[tuple[int, ...], int] = {}
         self.val: dict[tuple[int, ...], int] = {}
-        self._handle = None
+        self._handle: RemovableHandle | None = None
 
     def __call__(self, module: Any, args: tuple) -> None:
         if not args or not hasattr(args[0], "shape"):

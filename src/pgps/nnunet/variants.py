@@ -21,7 +21,6 @@ becomes the class's budget; any other (``OWNED_SETTINGS``) is refused, it is a `
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import re
@@ -34,12 +33,12 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from pgps.errors import PGPSError
 from pgps.nnunet.base import PGPSTrainerBase
+from pgps.nnunet.knobs import read_knobs
 from pgps.paths import TRAINERS_DIR
-from pgps.schedule import ScheduleError, build_schedule
+from pgps.trainer_catalog import budget_epochs
 
 _CUDA = torch.device("cuda")  # nnU-Net's default device argument
 _PREFIX = "nnUNetTrainer"
-_BUDGET_SUFFIX = re.compile(r"_(\d+)epochs?")
 
 #: nnU-Net methods a PGPS trainer must own, and why; a variant that overrides one cannot compose.
 OWNED_METHODS: dict[str, str] = {
@@ -47,6 +46,7 @@ OWNED_METHODS: dict[str, str] = {
     "get_dataloaders": "PGPS builds each stage's training loader itself (nnU-Net's would be discarded)",
     "_set_batch_size_and_oversample": "PGPS sets each stage's per-rank batch and oversampling",
     "save_checkpoint": "PGPS's checkpoint carries the schedule that --c resumes with",
+    "load_checkpoint": "PGPS loads without running code from the file and resumes with the checkpoint's knobs",
 }
 #: settings nnU-Net's __init__ sets that PGPS sets from its knobs; num_epochs is the budget.
 OWNED_SETTINGS: dict[str, str] = {
@@ -73,80 +73,63 @@ class _BeforeVariant(nnUNetTrainer):
 
 
 class _AfterVariant(nnUNetTrainer):
-    """Sits right above the variant: what the variant's ``__init__`` changed (before PGPS sets its own)."""
+    """Sits right above the variant: checks what the variant's ``__init__`` changed, before PGPS's
+    ``__init__`` goes on; a changed ``num_epochs`` becomes this instance's ``pgps_budget_epochs``,
+    which PGPSTrainerBase reads before it builds the schedule."""
 
     def __init__(
         self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = _CUDA
     ) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
         before = getattr(self, "_pgps_nnunet_settings", {})
-        self._pgps_variant_settings = {k: v for k, v in _settings(self).items() if k in before and v != before[k]}
+        changed = {k: v for k, v in _settings(self).items() if k in before and v != before[k]}
+        cls = type(self)
+        name, variant = cls.__name__, getattr(cls, "pgps_variant", None)
+        source = variant.__name__ if isinstance(variant, type) else "its nnU-Net trainer"
+        fixed = getattr(cls, "pgps_budget_epochs", None)
+        epochs = changed.pop("num_epochs", None)
+        if fixed is not None and epochs is not None and epochs != fixed:
+            raise PGPSError(f"{name}: its name fixes {fixed} epochs, but {source} sets num_epochs = {epochs}")
+        if getattr(cls, "pgps_oversample", None) is None:  # a trainer that keeps nnU-Net's oversampling keeps this
+            changed.pop("oversample_foreground_percent", None)
+        if changed:
+            setting, value = next(iter(changed.items()))
+            raise PGPSError(
+                f"{name}: {source} sets {setting} = {value}, which PGPS sets from {OWNED_SETTINGS[setting]}; "
+                "remove it from that trainer"
+            )
+        if fixed is None and epochs is not None:
+            check_budget_knobs(name, int(epochs))
+            self.pgps_budget_epochs = int(epochs)  # an instance value, read by PGPSTrainerBase.__init__
 
 
 class _Composed(PGPSTrainerBase):
-    """First in a composed class's MRO: once PGPS (and the variant below it) are initialised, the
-    epoch budget is applied and the variant's changes to PGPS's settings are checked."""
+    """First in a composed class's MRO: a class budget is checked against the knobs before anything
+    is built (no stray results folder)."""
 
     pgps_variant: ClassVar[type | None] = None  # the composed nnU-Net trainer (None: a budget only)
-    pgps_budget_epochs: ClassVar[int | None] = None  # fixed by the class (its name says it)
 
     def __init__(
         self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = _CUDA
     ) -> None:
+        if self.pgps_budget_epochs is not None:
+            check_budget_knobs(type(self).__name__, self.pgps_budget_epochs)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        _settle(self)
 
 
-def _settle(trainer: _Composed) -> None:
-    name = type(trainer).__name__
-    changed = dict(getattr(trainer, "_pgps_variant_settings", {}))
-    variant = type(trainer).pgps_variant
-    budget = type(trainer).pgps_budget_epochs
-    variant_epochs = changed.pop("num_epochs", None)
-    if budget is not None and variant_epochs is not None and variant_epochs != budget:
-        raise PGPSError(
-            f"{name}: its name fixes {budget} epochs, but {variant.__name__ if variant else 'its base'} "
-            f"sets num_epochs = {variant_epochs}"
-        )
-    if trainer.pgps_oversample is None:  # the PGPS trainer keeps nnU-Net's (here: the variant's) oversampling
-        changed.pop("oversample_foreground_percent", None)
-    if changed:
-        setting, value = next(iter(changed.items()))
-        raise PGPSError(
-            f"{name}: {variant.__name__ if variant else 'its base'} sets {setting} = {value}, which PGPS sets "
-            f"from {OWNED_SETTINGS[setting]}; remove it from the variant"
-        )
-    budget = budget if budget is not None else variant_epochs
-    if budget is not None:
-        _apply_budget(trainer, int(budget))
-
-
-def _apply_budget(trainer: _Composed, epochs: int) -> None:
-    """The class's epoch count replaces PGPS_NUM_EPOCHS; an explicit, different PGPS_NUM_EPOCHS is
-    refused (the results folder is named after the class, so its name must tell the truth)."""
-    name = type(trainer).__name__
+def check_budget_knobs(name: str, epochs: int) -> None:
+    """A class whose name says its epochs refuses knobs that say otherwise: an explicit, different
+    ``PGPS_NUM_EPOCHS``, or ``PGPS_TIME_BUDGET`` (which would choose the epochs); the results folder
+    is named after the class, so the name must tell the truth."""
+    knobs = read_knobs()
     raw = os.environ.get("PGPS_NUM_EPOCHS", "").strip()
-    if raw and trainer.pgps_knobs.num_epochs != epochs:
+    if raw and knobs.num_epochs != epochs:
+        raise PGPSError(f"{name} trains {epochs} epochs (its name says so), but PGPS_NUM_EPOCHS={raw}: unset it")
+    if knobs.time_budget != "off":
         raise PGPSError(
-            f"{name} trains {epochs} epochs (its class says so), but PGPS_NUM_EPOCHS={raw}: unset it, "
-            "or pick the class of that budget"
+            f"{name} trains {epochs} epochs (its name says so), but PGPS_TIME_BUDGET={knobs.time_budget} would "
+            "choose the epochs: use the class without a budget in its name"
         )
-    # TODO(H1 hook): PGPSTrainerBase builds the schedule from the knobs in __init__; until it takes the
-    # epoch count from the class, the schedule is rebuilt here with the same arguments.
-    trainer.pgps_knobs = dataclasses.replace(trainer.pgps_knobs, num_epochs=epochs)
-    trainer.num_epochs = epochs
-    try:
-        trainer.pgps_schedule = build_schedule(
-            trainer.pgps_planned_patch,
-            trainer.pgps_poolings,
-            epochs,
-            trainer.pgps_planned_batch,
-            mode=trainer.pgps_mode,
-            seed=trainer.pgps_knobs.seed,
-            start_bottleneck=trainer.pgps_start_bottleneck,
-        )
-    except ScheduleError as exc:
-        raise PGPSError(f"{name}: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------ names
@@ -158,8 +141,8 @@ def variant_suffix(variant: type) -> str:
 
 
 def budget_suffix(epochs: int) -> str:
-    """nnU-Net's spelling: ``1epoch``, ``250epochs``."""
-    return "1epoch" if epochs == 1 else f"{epochs}epochs"
+    """``250epochs`` (also ``1epochs``: the one spelling ``pgps.trainer_catalog.budget_epochs`` reads)."""
+    return f"{epochs}epochs"
 
 
 def composed_name(pgps: type, variant: type | None = None, epochs: int | None = None) -> str:
@@ -310,14 +293,16 @@ def pgps_trainer(
 
 def pgps_class(cls: type) -> type[PGPSTrainerBase]:
     """Decorator for ``class <Name>(<PGPS trainer>[, <nnU-Net trainer>]): ...``: composes the two as
-    ``pgps_trainer`` does; a name ending in ``_<N>epochs`` (``_1epoch``) fixes that budget."""
+    ``pgps_trainer`` does; a name ending in ``_<N>epochs`` fixes that budget
+    (``pgps.trainer_catalog.budget_epochs``, which ``pgps schedule -tr`` reads too)."""
     bases = cls.__bases__
     if not 1 <= len(bases) <= 2:
         raise PGPSError(f"{cls.__name__}: list the PGPS trainer first and at most one nnU-Net trainer after it")
     pgps, variant = bases[0], (bases[1] if len(bases) == 2 else None)
-    m = _BUDGET_SUFFIX.search(cls.__name__)
-    epochs = int(m.group(1)) if m and m.end() == len(cls.__name__) else None
-    if epochs is not None and budget_suffix(epochs) != m.group(0)[1:]:  # type: ignore[union-attr]
-        raise PGPSError(f"{cls.__name__}: spell the budget {budget_suffix(epochs)}, as nnU-Net does")
+    epochs = budget_epochs(cls.__name__)
+    if cls.__name__.endswith("epoch") or (
+        epochs is not None and not cls.__name__.endswith(f"_{budget_suffix(epochs)}")
+    ):
+        raise PGPSError(f"{cls.__name__}: spell an epoch budget _<N>epochs with N >= 1, e.g. _250epochs or _1epochs")
     namespace = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
     return _build(cls.__name__, cls.__module__, cls.__qualname__, namespace, pgps, variant, epochs)
