@@ -162,9 +162,10 @@ SPECS = {
 
 
 def write_params(ws: Path, folds: list[int], profile: str = "full") -> Path:
-    """The repository's params.yaml with these folds, this profile and the two runs of SPECS."""
+    """The repository's params.yaml with TASK, these folds, this profile and the two runs of SPECS."""
     tree = yaml.safe_load((ROOT / "params.yaml").read_text())
-    tree.update(profile=profile, folds=folds)
+    tree.update(profile=profile, tasks=[TASK], folds=folds)
+    tree["report"].pop("converged", None)  # decided by the profile, as the tests expect
     tree["trainers"] = {run: {"class": spec[0]} for run, spec in SPECS.items()}
     path = ws / "params.yaml"
     path.write_text(yaml.safe_dump(tree, sort_keys=False))

@@ -47,7 +47,7 @@ def convergence(params: Params) -> tuple[bool, str]:
     budget = params.budget
     note = f"profile `{params.profile}`, {budget.epochs} epochs x {budget.iters_per_epoch} iterations"
     report = params.raw.get("report") or {}
-    if "converged" in report:
+    if report.get("converged") is not None:  # null: decided by the profile, as when the key is absent
         value = report["converged"]
         if not isinstance(value, bool):
             raise PGPSError(f"{params.path}: report.converged: must be true or false, got {value!r}")

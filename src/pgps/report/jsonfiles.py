@@ -1,18 +1,16 @@
 """The layouts of the report's two JSON files.
 
-``results/metrics.json`` -- the DVC metric, meant to be committed: ONLY numbers a seeded re-run reproduces
-exactly, and only numbers (null where there is none, never NaN, no strings), a few per run so that
-``dvc metrics show`` stays readable::
+``results/metrics.json`` -- the DVC metric, committed (``cache: false``): ONLY numbers a seeded re-run reproduces
+exactly, and only numbers (null where there is none, never NaN, no strings), a handful per run so that
+``dvc metrics show`` stays readable (per class, raw p, voxel fraction, epochs: in report.md)::
 
     {"<task>": {"<run>": {"dice_mean": float, "dice_std": float|null,        # null: one fold, no spread
                           "dice_folds": {"fold_<k>": float},
-                          "dice_classes": {"<label>": float|null},            # multi-label tasks only
-                          "voxel_fraction": float, "epochs": float,
                           # every run but the baseline (which lacks these keys):
-                          "dice_delta": float, "p_raw": float|null, "p_holm": float|null,
+                          "dice_delta": float, "p_holm": float|null,
                           "significance": -1|0|1,                              # Holm-corrected, per-case direction
                           # a PGPS run, vs the reduced-budget baseline at its compute:
-                          "vs_<run>": {"dice_delta", "p_raw", "p_holm", "significance"},
+                          "vs_<run>": {"dice_delta", "p_holm", "significance"},
                           "test_dice_mean": float}}}                          # with evaluate.predict_test
 
 ``results/timings.json`` -- measured, never reproduced exactly (a plain DVC output, not a metric)::
@@ -34,7 +32,7 @@ from pgps.report.aggregate import Comparison, Results
 
 
 def _test_numbers(c: Comparison) -> dict[str, Any]:
-    return {"dice_delta": c.dice_delta, "p_raw": c.test.p_raw, "p_holm": c.p_holm, "significance": c.significance}
+    return {"dice_delta": c.dice_delta, "p_holm": c.p_holm, "significance": c.significance}
 
 
 def metrics_document(results: Results) -> dict[str, Any]:
@@ -48,10 +46,6 @@ def metrics_document(results: Results) -> dict[str, Any]:
                 "dice_std": r["dice_std"],
                 "dice_folds": {f"fold_{k}": v for k, v in sorted(r["dice_folds"].items())},
             }
-            if len(r["dice_classes"]) > 1:
-                entry["dice_classes"] = dict(r["dice_classes"])
-            entry["voxel_fraction"] = r["voxel_fraction"]
-            entry["epochs"] = r["epochs"]
             for c in results.comparisons:
                 if c.task == task and c.run == name:
                     if c.reference == results.baseline:
