@@ -30,10 +30,12 @@ from pgps.errors import PGPSError
 from pgps.nnunet.base import PGPSTrainerBase
 from pgps.nnunet.variants import OWNED_METHODS, composed_name, pgps_class, pgps_trainer
 from pgps.paths import TRAINERS_DIR
+from pgps.trainer_catalog import budget_epochs
 from pgps.trainers.nnUNetTrainerConstant import nnUNetTrainerConstant
 from pgps.trainers.nnUNetTrainerConstant_250epochs import nnUNetTrainerConstant_250epochs
 from pgps.trainers.nnUNetTrainerPGPS import nnUNetTrainerPGPS
 from pgps.trainers.nnUNetTrainerPGPS_250epochs import nnUNetTrainerPGPS_250epochs
+from pgps.trainers.nnUNetTrainerPGPSPlus import nnUNetTrainerPGPSPlus
 from test_trainer_fixtures import (
     BIN,
     DATASET,
@@ -81,6 +83,7 @@ nnUNetTrainerPGPS_LabIters = pgps_trainer(nnUNetTrainerLabIters)
 nnUNetTrainerConstant_LabOversample = pgps_trainer(nnUNetTrainerLabOversample, nnUNetTrainerConstant)
 nnUNetTrainerPGPS_LabOversample = pgps_trainer(nnUNetTrainerLabOversample)
 nnUNetTrainerPGPS_Lab_7epochs_100epochs = pgps_trainer(nnUNetTrainerPGPS_Lab_7epochs, epochs=100)
+nnUNetTrainerPGPSPlus_250epochs = pgps_trainer(nnUNetTrainer_250epochs, nnUNetTrainerPGPSPlus)  # nnU-Net's budget
 
 
 @pgps_class
@@ -109,8 +112,13 @@ def test_names_follow_nnunets_convention() -> None:
     # nnU-Net's own budget variant and PGPS's budget spell the same class name
     assert composed_name(nnUNetTrainerPGPS, nnUNetTrainer_250epochs) == nnUNetTrainerPGPS_250epochs.__name__
     assert composed_name(nnUNetTrainerPGPS, None, 250) == nnUNetTrainerPGPS_250epochs.__name__
-    assert pgps_trainer(nnUNetTrainerPGPS, epochs=1, module="lab").__name__ == "nnUNetTrainerPGPS_1epoch"
+    assert pgps_trainer(nnUNetTrainerPGPS, epochs=1, module="lab").__name__ == "nnUNetTrainerPGPS_1epochs"
     assert nnUNetTrainerPGPS_Lab_7epochs_100epochs.pgps_variant is nnUNetTrainerLab_7epochs
+
+
+@pytest.mark.xfail(strict=True, reason="trainer_catalog.budget_epochs reads the first _<k>epochs (relayed to lead)")
+def test_the_catalog_reads_the_budget_at_the_end_of_a_name() -> None:
+    assert budget_epochs(nnUNetTrainerPGPS_Lab_7epochs_100epochs.__name__) == 100  # what pgps schedule -tr reads
 
 
 def test_module_qualname_pickle_and_mro() -> None:
@@ -173,7 +181,9 @@ MISUSE = [
     (lambda: pgps_trainer(nnUNetTrainerLabWho, name="nnUNetTrainerLabWho"), "the same as the class it is made from"),
     (lambda: pgps_trainer(nnUNetTrainerLabWho, name="Lab Who"), "not a Python identifier"),
     (lambda: pgps_class(_lab_class("X", nnUNetTrainerNoMirroring, nnUNetTrainerPGPS)), "must be a PGPS trainer"),
-    (lambda: pgps_class(_lab_class("nnUNetTrainerPGPS_1epochs", nnUNetTrainerPGPS)), "spell the budget 1epoch"),
+    (lambda: pgps_class(_lab_class("nnUNetTrainerPGPS_1epoch", nnUNetTrainerPGPS)), "spell an epoch budget _<N>epochs"),
+    (lambda: pgps_class(_lab_class("nnUNetTrainerPGPS_050epochs", nnUNetTrainerPGPS)), "spell an epoch budget"),
+    (lambda: pgps_class(_lab_class("nnUNetTrainerPGPS_0epochs", nnUNetTrainerPGPS)), "epochs=0: an epoch budget"),
 ]
 
 
@@ -196,6 +206,7 @@ def _instance(cls: type, root: Path, results: Path, monkeypatch: pytest.MonkeyPa
     if "PGPS_NUM_EPOCHS" not in knobs:
         monkeypatch.delenv("PGPS_NUM_EPOCHS", raising=False)
     plans = load_plans(root)
+    plans["continue_training"] = False  # nnUNetv2_train's flag, which nnU-Net's __init__ pops
     dataset_json = json.loads((root / "nnUNet_preprocessed" / DATASET / "dataset.json").read_text())
     return cls(plans=plans, configuration="3d_fullres", fold=0, dataset_json=dataset_json, device=torch.device("cpu"))
 
@@ -207,6 +218,7 @@ def test_budgets_from_the_class_and_from_the_variant(root: Path, tmp_path: Path,
         (nnUNetTrainerPGPS_250epochs, 250),
         (nnUNetTrainerConstant_250epochs, 250),
         (nnUNetTrainerPGPS_Lab_7epochs, 7),  # the lab variant's own num_epochs becomes the budget
+        (nnUNetTrainerPGPSPlus_250epochs, 250),  # so does nnU-Net's nnUNetTrainer_250epochs's
     ]:
         t = _instance(cls, root, tmp_path, monkeypatch)
         assert t.num_epochs == t.pgps_knobs.num_epochs == t.pgps_schedule.num_epochs == epochs
@@ -214,7 +226,7 @@ def test_budgets_from_the_class_and_from_the_variant(root: Path, tmp_path: Path,
         assert t.pgps_config()["knobs"]["num_epochs"] == epochs
         folders.add(t.output_folder)
     plain = _instance(nnUNetTrainerPGPS, root, tmp_path, monkeypatch, PGPS_NUM_EPOCHS="250")
-    assert len(folders | {plain.output_folder}) == 4  # the name is the folder: no two budgets share one
+    assert len(folders | {plain.output_folder}) == 5  # the name is the folder: no two budgets share one
     assert _instance(nnUNetTrainerPGPS_250epochs, root, tmp_path, monkeypatch, PGPS_NUM_EPOCHS="250").num_epochs == 250
     # the Constant trainer keeps nnU-Net's oversampling, so a variant's is kept too
     assert (
@@ -229,13 +241,14 @@ def test_budgets_from_the_class_and_from_the_variant(root: Path, tmp_path: Path,
         (
             nnUNetTrainerPGPS_250epochs,
             {"PGPS_NUM_EPOCHS": "1000"},
-            "trains 250 epochs (its class says so), but PGPS_NUM",
+            "trains 250 epochs (its name says so), but PGPS_NUM_EPOCHS=1000: unset it",
         ),
+        (nnUNetTrainerConstant_250epochs, {"PGPS_TIME_BUDGET": "90m"}, "but PGPS_TIME_BUDGET=5400s would choose"),
         (nnUNetTrainerPGPS_Lab_7epochs_100epochs, {}, "its name fixes 100 epochs, but nnUNetTrainerLab_7epochs sets"),
         (nnUNetTrainerPGPS_LabIters, {}, "sets num_iterations_per_epoch = 10, which PGPS sets from PGPS_ITERS_PER"),
         (nnUNetTrainerPGPS_LabOversample, {}, "sets oversample_foreground_percent = 0.9, which PGPS sets"),
     ],
-    ids=["env-conflict", "name-vs-variant", "iters", "oversample"],
+    ids=["env-conflict", "time-budget", "name-vs-variant", "iters", "oversample"],
 )
 def test_conflicts_at_construction(cls, knobs, message, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     with pytest.raises(PGPSError, match=re.escape(message)) as info:
@@ -269,7 +282,7 @@ def test_short_training_sees_variant_and_stages(name: str, root: Path, tmp_path:
     assert [s.patch_size for s in stages] == [(16, 8, 8), (32, 32, 32)]
     for e, stage in zip(rec["epochs"], stages):
         assert e["train_input_shapes"] == [{"shape": [stage.batch_size, 1, *stage.patch_size], "count": 1}]
-    norms = {type(m).__name__ for m in trainer.network.modules() if "Norm" in type(m).__name__}
+    norms = {type(m).__name__ for m in trainer.network.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)}
     seen = _transform_types(trainer.dataloader_train.data_loader.transforms)  # the last stage's, as trained
     ckpt = torch.load(Path(trainer.output_folder) / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     if name.endswith("NoMirroring"):  # the variant: no mirroring in training, none at inference
@@ -295,7 +308,7 @@ class nnUNetTrainerLabNoVal(nnUNetTrainer):
 
 
 nnUNetTrainerPGPS_LabNoVal = pgps_trainer(nnUNetTrainerLabNoVal)
-nnUNetTrainerPGPS_LabNoVal_1epoch = pgps_trainer(nnUNetTrainerPGPS_LabNoVal, epochs=1)
+nnUNetTrainerPGPS_LabNoVal_1epochs = pgps_trainer(nnUNetTrainerPGPS_LabNoVal, epochs=1)
 nnUNetTrainerPGPS_LabNoVal_2epochs = pgps_trainer(nnUNetTrainerPGPS_LabNoVal, epochs=2)
 '''
 
@@ -309,7 +322,7 @@ def test_nnunetv2_train_runs_a_labs_composed_budget_classes(root: Path, tmp_path
     env = nnunet_env(root, results, PGPS_ITERS_PER_EPOCH="1", PGPS_VAL_ITERS="1")
     env["nnUNet_extTrainer"] = f"{TRAINERS_DIR}:{lab}"
     folders = {}
-    for name, epochs in [("nnUNetTrainerPGPS_LabNoVal_1epoch", 1), ("nnUNetTrainerPGPS_LabNoVal_2epochs", 2)]:
+    for name, epochs in [("nnUNetTrainerPGPS_LabNoVal_1epochs", 1), ("nnUNetTrainerPGPS_LabNoVal_2epochs", 2)]:
         cmd = [str(BIN / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", name, "-device", "cpu"]
         out = run(cmd, env).stdout
         assert f"Using trainer '{name}' from: {lab}" in out
@@ -322,3 +335,26 @@ def test_nnunetv2_train_runs_a_labs_composed_budget_classes(root: Path, tmp_path
         assert "LAB: final validation skipped" in "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
         folders[name] = fold
     assert len(set(folders.values())) == 2
+
+
+def test_owned_methods_cover_every_override_that_skips_super() -> None:
+    """OWNED_METHODS is checked against PGPSTrainerBase's source: each nnU-Net method it overrides
+    without calling ``super().<same>`` (a variant's version would never run) is listed there."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(PGPSTrainerBase)))
+    skipping = set()
+    for node in tree.body[0].body:
+        if isinstance(node, ast.FunctionDef) and hasattr(nnUNetTrainer, node.name) and node.name != "__init__":
+            calls_super = any(
+                isinstance(c, ast.Attribute)
+                and c.attr == node.name
+                and isinstance(c.value, ast.Call)
+                and getattr(c.value.func, "id", None) == "super"
+                for c in ast.walk(node)
+            )
+            if not calls_super:
+                skipping.add(node.name)
+    assert skipping and skipping <= set(OWNED_METHODS)
