@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,6 @@ from test_trainer_fixtures import (
     nnunet_env,
     read_record,
     reduced_root,
-    run,
 )
 
 
@@ -282,6 +282,9 @@ def test_short_training_sees_variant_and_stages(name: str, root: Path, tmp_path:
     assert [s.patch_size for s in stages] == [(16, 8, 8), (32, 32, 32)]
     for e, stage in zip(rec["epochs"], stages):
         assert e["train_input_shapes"] == [{"shape": [stage.batch_size, 1, *stage.patch_size], "count": 1}]
+    axes = [a["mirror_axes"] for a in rec["augmentation"]["stages"]]  # every stage's loader, as built
+    assert [a["patch_size"] for a in rec["augmentation"]["stages"]] == [list(s.patch_size) for s in stages]
+    assert axes == ([None, None] if name.endswith("NoMirroring") else [[0, 1, 2], [0, 1, 2]])
     norms = {type(m).__name__ for m in trainer.network.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)}
     seen = _transform_types(trainer.dataloader_train.data_loader.transforms)  # the last stage's, as trained
     ckpt = torch.load(Path(trainer.output_folder) / "checkpoint_final.pth", map_location="cpu", weights_only=False)
@@ -321,19 +324,34 @@ def test_nnunetv2_train_runs_a_labs_composed_budget_classes(root: Path, tmp_path
     results = tmp_path / "results"
     env = nnunet_env(root, results, PGPS_ITERS_PER_EPOCH="1", PGPS_VAL_ITERS="1")
     env["nnUNet_extTrainer"] = f"{TRAINERS_DIR}:{lab}"
-    folders = {}
-    for name, epochs in [("nnUNetTrainerPGPS_LabNoVal_1epochs", 1), ("nnUNetTrainerPGPS_LabNoVal_2epochs", 2)]:
-        cmd = [str(BIN / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", name, "-device", "cpu"]
-        out = run(cmd, env).stdout
-        assert f"Using trainer '{name}' from: {lab}" in out
-        fold = fold_dir(results, name)
-        rec = read_record(fold)
-        assert rec["trainer"] == name and rec["config"]["knobs"]["num_epochs"] == epochs
-        assert [e["epoch"] for e in rec["epochs"]] == list(range(epochs))
-        assert rec["schedule"]["num_epochs"] == epochs
-        assert (fold / "checkpoint_final.pth").is_file()
-        assert "LAB: final validation skipped" in "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
-        folders[name] = fold
+    budgets = {"nnUNetTrainerPGPS_LabNoVal_1epochs": 1, "nnUNetTrainerPGPS_LabNoVal_2epochs": 2}
+    cmds = {
+        n: [str(BIN / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", n, "-device", "cpu"]
+        for n in budgets
+    }
+    procs = {
+        n: subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for n, c in cmds.items()
+    }
+    try:
+        folders = {}
+        for name, epochs in budgets.items():  # both at once: each class has its own results folder
+            out, _ = procs[name].communicate(timeout=600)
+            assert procs[name].returncode == 0, out[-3000:]
+            assert f"Using trainer '{name}' from: {lab}" in out
+            fold = fold_dir(results, name)
+            rec = read_record(fold)
+            assert rec["trainer"] == name and rec["config"]["knobs"]["num_epochs"] == epochs
+            assert [e["epoch"] for e in rec["epochs"]] == list(range(epochs))
+            assert rec["schedule"]["num_epochs"] == epochs
+            assert (fold / "checkpoint_final.pth").is_file()
+            assert "LAB: final validation skipped" in "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+            folders[name] = fold
+    finally:  # a failed check leaves no training behind
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert len(set(folders.values())) == 2
 
 
