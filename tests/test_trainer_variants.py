@@ -175,6 +175,7 @@ MISUSE = [
     (lambda: pgps_trainer(nnUNetTrainerPGPS, epochs=0), "epochs=0: an epoch budget must be an integer >= 1"),
     (lambda: pgps_trainer(nnUNetTrainerPGPS, epochs=True), "epochs=True: an epoch budget"),
     (lambda: pgps_trainer(nnUNetTrainerPGPS_250epochs, epochs=100), "already fixes 250 epochs"),
+    (lambda: pgps_trainer(nnUNetTrainerLabWho, nnUNetTrainerPGPS_250epochs), "fixes its epochs; compose the class"),
     # name clashes: nnU-Net's lookup searches its own classes first; pgps's shipped ones; the parts' names
     (lambda: pgps_trainer(nnUNetTrainerNoMirroring, name="nnUNetTrainer_250epochs"), "nnU-Net ships a class"),
     (lambda: pgps_trainer(nnUNetTrainerNoMirroring), "nnUNetTrainerPGPS_NoMirroring: pgps ships it"),

@@ -219,6 +219,8 @@ def _build(
     _check_epochs(epochs, pgps)
     if variant is None and epochs is None:
         raise PGPSError(f"{name}: {pgps.__name__} is already a PGPS trainer; give a variant or an epoch budget")
+    if variant is not None and getattr(pgps, "pgps_budget_epochs", None) is not None:
+        raise PGPSError(f"{name}: {pgps.__name__} fixes its epochs; compose the class without a budget, then budget it")
     _check_name(name, module, pgps, variant)
     layers: tuple[type, ...] = (pgps,) if issubclass(pgps, _Composed) else (_Composed, pgps)
     if variant is not None:
@@ -300,7 +302,7 @@ def pgps_class(cls: type) -> type[PGPSTrainerBase]:
         raise PGPSError(f"{cls.__name__}: list the PGPS trainer first and at most one nnU-Net trainer after it")
     pgps, variant = bases[0], (bases[1] if len(bases) == 2 else None)
     epochs = budget_epochs(cls.__name__)
-    if cls.__name__.endswith("epoch") or (
+    if re.fullmatch(r".*_\d+epoch", cls.__name__) or (
         epochs is not None and not cls.__name__.endswith(f"_{budget_suffix(epochs)}")
     ):
         raise PGPSError(f"{cls.__name__}: spell an epoch budget _<N>epochs with N >= 1, e.g. _250epochs or _1epochs")
