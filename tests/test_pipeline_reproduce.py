@@ -244,6 +244,7 @@ def _toy_pipeline(ws: Path, fail: bool = False) -> None:
     (ws / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
     subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
     subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=ws, check=True)
+    (ws / ".dvc" / "config").write_bytes((ROOT / ".dvc" / "config").read_bytes())  # the project's cache links
 
 
 def test_stages_run_side_by_side_and_each_is_recorded_in_dvc_lock(tmp_path: Path) -> None:
@@ -257,6 +258,8 @@ def test_stages_run_side_by_side_and_each_is_recorded_in_dvc_lock(tmp_path: Path
     assert "Updating lock file" not in proc.stdout  # DVC's chatter per commit stays out
     assert re.search(r"^T\s+constant \(baseline\)\s+0\.5000", proc.stdout, re.MULTILINE)  # the table at the end
     assert (tmp_path / "logs" / "reproduce" / "a.log").read_text().startswith("+ (cd ")
+    started = tmp_path / "a" / "started"  # a file of a folder output: linked to DVC's cache, not a second copy
+    assert started.stat().st_nlink >= 2 and not started.stat().st_mode & 0o222  # (b/started: same content)
     lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"a", "b", "both"}
     status = subprocess.run([str(BIN / "dvc"), "status"], cwd=tmp_path, capture_output=True, text=True)

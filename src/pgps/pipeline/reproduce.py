@@ -158,6 +158,18 @@ def run_in_parallel(force: bool, jobs: int) -> float:
     return progress.finished()
 
 
+def relink() -> None:
+    """Workspace outputs as links to DVC's cache (.dvc/config ``cache.type``), not second copies.
+
+    DVC links a file output when it commits it, but leaves the files of a committed FOLDER as they are (all of
+    this pipeline's outputs are folders), so checkpoints and preprocessed data would take their space twice;
+    `dvc checkout --relink` replaces them by links (read-only, as DVC protects linked files)."""
+    proc = subprocess.run([dvc_executable(), "checkout", "--relink", "-q"], env=_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        message = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        raise PGPSError(f"dvc checkout --relink failed: {message[-1] if message else proc.returncode}")
+
+
 def summary(results: Path = Path("results")) -> str:
     """The terminal table from the report's two JSON files (deterministic metrics + measured timings)."""
     from pgps.report.tables import baseline_of, summary_table
@@ -189,6 +201,7 @@ def main(args: argparse.Namespace) -> int:
     if jobs < 1:
         raise PGPSError(f"--jobs {jobs}: must be at least 1")
     elapsed = run_dvc_repro(args.force) if jobs == 1 else run_in_parallel(args.force, jobs)
+    relink()
     print()
     print(summary())
     print(f"\npipeline wall time: {elapsed:.0f} s; report: results/report.md, plots: results/plots/")
