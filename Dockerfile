@@ -3,7 +3,7 @@
 # bookworm base works; CI builds from a debootstrapped local/debian:bookworm (no registry needed):
 #   DOCKER_BUILDKIT=1 docker build --network host --secret id=pip_ca,src=/etc/ssl/certs/ca-certificates.crt \
 #     --build-arg BASE_IMAGE=local/debian:bookworm -t pgps:latest .      (or simply: pgps docker build)
-# Layers go slow-to-fast: system packages, pinned dependencies (~6 GB, pip cache mount), then the project source.
+# Layers go slow-to-fast: system packages, the hash-checked lock (~6 GB, pip cache mount), then the project source.
 ARG BASE_IMAGE=debian:bookworm-slim
 
 # --- system: Debian bookworm's python3 is CPython 3.11, the version the lock is for. Package versions follow the
@@ -19,24 +19,17 @@ RUN apt-get update \
  && useradd --uid 1000 --create-home --shell /bin/bash pgps \
  && install -d -o pgps -g pgps /workspace
 
-# --- deplist: only the dependency list out of pyproject.toml, so editing its tool sections (ruff, pytest) keeps
-# the ~6 GB dependency layer below cached (BuildKit keys COPY --from on file content).
-FROM system AS deplist
-COPY requirements.lock pyproject.toml /tmp/
-RUN mkdir /deps && cp /tmp/requirements.lock /deps/ \
- && python3 -c 'import tomllib; print(*tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' \
-    > /deps/direct.txt
-
 FROM system
-# Pinned dependencies only (no project source yet), so a code change does not reinstall torch.
+# Exactly requirements.lock, every file checked against its sha256 (as `make setup` installs it), and no project
+# source yet: a code change does not reinstall torch, and only a new lock invalidates this ~6 GB layer.
 # pip_ca: optional build secret with a CA bundle for TLS-intercepting proxies; it never lands in a layer.
-COPY --from=deplist /deps /tmp/pgps-deps
+COPY requirements.lock /tmp/pgps-deps/requirements.lock
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
  && python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --disable-pip-version-check pip==24.3.1 \
- && /opt/venv/bin/pip install --disable-pip-version-check -c /tmp/pgps-deps/requirements.lock -r /tmp/pgps-deps/direct.txt \
+ && /opt/venv/bin/pip install --disable-pip-version-check --require-hashes -r /tmp/pgps-deps/requirements.lock \
  && rm -rf /tmp/pgps-deps
 
 ENV PATH=/opt/venv/bin:${PATH} \

@@ -1,10 +1,11 @@
-"""CI Docker stage: a real, isolated dockerd; the image built from this checkout; its structure; `reproduce` on the
-reduced task inside it with no network; cleanup checked.
+"""CI Docker stage: a real, isolated dockerd; the image built from this checkout; its structure; `reproduce` of the
+smoke profile inside it with no network; cleanup checked.
 
-One module-scoped daemon and image serve every test here. Cold on 2 cores (see the README's Docker section for the
-measured numbers): dockerd ~1 s, debootstrap base ~35 s, image build ~3.5 min (3 GB of wheels), structure checks
-~30 s, in-container reproduce ~4-5 min, source-change rebuild ~40 s. Skips with a reason only where no daemon can be
-started (not root, dockerd missing or refusing to start); with CI=true that is a failure instead.
+One module-scoped daemon and image serve every test here. The image builds (network and disk: the debootstrap base,
+3 GB of wheels) while the host prepares the smoke task (CPU: acquire, convert, plan), which the container then
+trains, evaluates and reports on; the SLURM stage copies the same prepared task and compares its grid with this
+run's results. Skips with a reason only where no daemon can be started (not root, dockerd missing or refusing to
+start); with CI=true that is a failure instead.
 Set PGPS_TEST_DOCKER_HOST=unix:///… to reuse a running daemon (and its build cache) while developing.
 """
 
@@ -19,12 +20,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import pgps
+from test_grid_helpers import PREPARED_STAGES, copy_prepared, prepared_smoke_task, smoke_reference_dir
 
 pytestmark = pytest.mark.docker
 
@@ -107,8 +110,21 @@ def client(daemon: str) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def image(daemon: str, client: Any) -> str:
-    """The image built from this checkout by `pgps docker build`, on the debootstrapped Debian base."""
+def image(daemon: str, client: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The image built from this checkout by `pgps docker build`, on the debootstrapped Debian base. The build
+    waits on the network and the disk most of the time: the smoke task is prepared on the host meanwhile."""
+    with ThreadPoolExecutor(1) as pool:
+        build = pool.submit(_build_image, daemon, client)
+        try:
+            start = time.monotonic()
+            prepared_smoke_task(tmp_path_factory)
+            TIMINGS["prepare_smoke_task_during_build_s"] = round(time.monotonic() - start, 1)
+        finally:
+            built = build.result()  # waits for the build even when the preparation failed
+    return built
+
+
+def _build_image(daemon: str, client: Any) -> str:
     start = time.monotonic()
     env = dict(os.environ, DOCKER_HOST=daemon)
     proc = subprocess.run(
@@ -126,8 +142,14 @@ def image(daemon: str, client: Any) -> str:
     return IMAGE
 
 
-def run_in(client: Any, image: str, command: list[str], **kwargs: Any) -> tuple[int, str]:
-    """Exit code and combined output of a throwaway container (no network)."""
+def run_in(
+    client: Any, image: str, command: list[str], workspace: Path | None = None, **kwargs: Any
+) -> tuple[int, str]:
+    """Exit code and combined output of a throwaway container (no network), ``workspace`` at /workspace."""
+    import docker
+
+    if workspace is not None:
+        kwargs["mounts"] = [docker.types.Mount("/workspace", str(workspace), type="bind")]
     container = client.containers.run(image, command, detach=True, network_mode="none", **kwargs)
     try:
         code = int(container.wait(timeout=600)["StatusCode"])
@@ -172,8 +194,9 @@ def test_image_is_cuda_torch_with_pinned_deps(client: Any, image: str) -> None:
 
 
 def _pin(line: str) -> tuple[str, str]:
+    """``name==version`` of a freeze line or of a hashed lock line (``name==version \\``)."""
     name, _, version = line.strip().partition("==")
-    return name.lower().replace("_", "-"), version
+    return name.lower().replace("_", "-"), version.split()[0] if version.split() else version
 
 
 def test_nnunet_finds_pgps_trainers_by_name(client: Any, image: str) -> None:
@@ -216,9 +239,36 @@ def test_image_user_labels_and_entrypoint(client: Any, image: str) -> None:
     assert json.loads(out)["stages"][-1]["patch_size"] == [32, 40, 32]
     code, out = run_in(client, image, ["no-such-command"])
     assert code == 2 and "no-such-command: not a pgps verb or a program in the image" in out
+    # the verb check once raced (a pipe under pipefail): many runs of the first verb, in the image's environment
+    loop = "for i in $(seq 25); do pgps-entrypoint schedule --help >/dev/null || exit 1; done; echo all-25-ok"
+    code, out = run_in(client, image, ["bash", "-c", loop])
+    assert code == 0 and "all-25-ok" in out, out
     # CPU defaults the entry point sets when there is no GPU device in the container
     code, out = run_in(client, image, ["bash", "-c", "echo $nnUNet_compile $nnUNet_n_proc_DA $nnUNet_def_n_proc"])
     assert code == 0 and out.split()[:2] == ["f", "0"] and int(out.split()[2]) >= 1, out
+
+
+def test_git_workspace_and_a_path_with_colon_and_comma(
+    daemon: str, client: Any, image: str, workspace_owner: tuple[int, int, Path]
+) -> None:
+    """A workspace that is a git repository gets DVC with git inside the image; the launcher mounts a workspace
+    whose path holds ':' and ',' (a structured mount, not a SRC:DST string)."""
+    uid, gid, ws = workspace_owner
+    subprocess.run(["git", "init", "-q", str(ws)], check=True)
+    subprocess.run(["chown", "-R", f"{uid}:{gid}", str(ws)], check=True)
+    code, out = run_in(client, image, ["reproduce", "--help"], workspace=ws, user=f"{uid}:{gid}")
+    assert code == 0, out
+    assert (ws / ".dvc").is_dir() and "no_scm" not in (ws / ".dvc" / "config").read_text()
+    code, out = run_in(client, image, ["update-pipeline"], workspace=ws, user=f"{uid}:{gid}")
+    assert code == 0 and "the workspace's pipeline files are this image's" in out, out
+    odd = ws.parent / "runs:2024,cpu"
+    odd.mkdir()
+    os.chown(odd, uid, gid)
+    user = ["--user", f"{uid}:{gid}"] if os.getuid() == 0 else []
+    proc = pgps_cli("docker", "run", "--image", image, "--workspace", str(odd), "--network", "none", "--gpus", "none",
+                    *user, "--docker-host", daemon, "--", "bash", "-c", "touch /workspace/made-here")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (odd / "made-here").stat().st_uid == uid
 
 
 @pytest.fixture()
@@ -236,9 +286,21 @@ def workspace_owner() -> Iterator[tuple[int, int, Path]]:
 
 
 def test_reproduce_in_container_without_network(
-    daemon: str, client: Any, image: str, workspace_owner: tuple[int, int, Path]
+    daemon: str,
+    client: Any,
+    image: str,
+    workspace_owner: tuple[int, int, Path],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    """`reproduce` on a copy of the session's prepared smoke task (a git repository, the pipeline committed): the
+    container trains, evaluates and reports; the stages the host prepared are not run again."""
     uid, gid, ws = workspace_owner
+    ws.rmdir()
+    copy_prepared(prepared_smoke_task(tmp_path_factory), ws, with_code=False)  # the image links its own src/
+    git = ["git", "-C", str(ws), "-c", "user.name=ci", "-c", "user.email=ci@example.org"]
+    subprocess.run([*git, "add", "dvc.yaml", "dvc.lock", "params.yaml", ".dvc", ".dvcignore"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "prepared smoke task"], check=True)
+    subprocess.run(["chown", "-R", f"{uid}:{gid}", str(ws)], check=True)
     user = ["--user", f"{uid}:{gid}"] if os.getuid() == 0 else []
     start = time.monotonic()
     proc = pgps_cli(
@@ -248,8 +310,10 @@ def test_reproduce_in_container_without_network(
     TIMINGS["reproduce_in_container_s"] = round(time.monotonic() - start, 1)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     assert f"user {uid}:{gid}" in proc.stdout  # the launcher's own summary line
-    # the pipeline definition was copied into the workspace, DVC ran there and locked every stage
-    assert (ws / "dvc.yaml").is_file() and (ws / "params.yaml").is_file() and (ws / ".dvc").is_dir()
+    for stage in PREPARED_STAGES:  # prepared on the host, the same code in the image: DVC skips them
+        assert f"Running stage '{stage}@" not in proc.stdout
+        assert f"Stage '{stage}@Task901_PGPSSynth' didn't change, skipping" in proc.stdout, proc.stdout[-3000:]
+    # DVC locked every stage, the report came back
     lock = (ws / "dvc.lock").read_text()
     for stage in ("acquire@", "convert@", "plan@", "train@", "evaluate@", "report"):
         assert stage in lock, f"stage {stage} missing from dvc.lock"
@@ -257,10 +321,18 @@ def test_reproduce_in_container_without_network(
     report = (ws / "results" / "report.md").read_text()
     assert metrics and "Dice" in report
     assert "Dice" in proc.stdout  # the table streamed back through the launcher
+    # DVC with git in the image: the new metrics against the commit made before the run
+    code, out = run_in(client, image, ["bash", "-c", "dvc metrics diff --json 2>/dev/null"], workspace=ws,
+                       user=f"{uid}:{gid}")  # fmt: skip
+    assert code == 0, out
+    diff = json.loads(out.strip().splitlines()[-1])["results/metrics.json"]
+    assert diff and all(change["old"] is None for change in diff.values())
     # outputs belong to the uid:gid the container ran as, not to root: every file it wrote
     owners = {(p.lstat().st_uid, p.lstat().st_gid) for p in ws.rglob("*")}
     assert owners == {(uid, gid)}, owners
     assert client.containers.list(all=True) == []  # the launcher removed its container
+    # the sequential smoke run the SLURM stage compares its grid with
+    shutil.copytree(ws / "results", smoke_reference_dir(tmp_path_factory) / "results", dirs_exist_ok=True)
 
 
 def test_source_change_rebuilds_in_seconds(daemon: str, client: Any, image: str, tmp_path: Path) -> None:
@@ -275,6 +347,11 @@ def test_source_change_rebuilds_in_seconds(daemon: str, client: Any, image: str,
         if src.is_file():
             (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, ctx / rel)
+    # a clone whose remote URL carries a token: it must reach neither the label nor the printed command
+    subprocess.run(["git", "init", "-q", str(ctx)], check=True)
+    token = "glpat-CiT0kenN0tForImages"
+    subprocess.run(["git", "-C", str(ctx), "remote", "add", "origin", f"https://ci:{token}@git.example.org/lab/pgps.git"],
+                   check=True)  # fmt: skip
     init = ctx / "src" / "pgps" / "__init__.py"
     marker = f"# touched by test_source_change_rebuilds_in_seconds {time.time_ns()}"  # unique: never cached
     init.write_text(init.read_text() + f"\n{marker}\n")
@@ -299,4 +376,8 @@ def test_source_change_rebuilds_in_seconds(daemon: str, client: Any, image: str,
         client, "pgps:ci-edit", ["bash", "-c", "tail -n 1 /opt/venv/lib/python3.11/site-packages/pgps/__init__.py"]
     )
     assert marker in out
+    labels = client.images.get("pgps:ci-edit").attrs["Config"]["Labels"]
+    assert labels["org.opencontainers.image.source"] == "https://git.example.org/lab/pgps.git"
+    history = json.dumps(client.api.history("pgps:ci-edit"))
+    assert token not in out + proc.stdout + proc.stderr + json.dumps(labels) + history
     client.images.remove("pgps:ci-edit")

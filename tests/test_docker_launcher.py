@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from pgps.docker_launcher import build_command, gpu_device_requests, public_source_url, writable_by
 
@@ -164,7 +165,7 @@ def test_dockerfile_layers_deps_before_source() -> None:
     deps_run = instructions[index["pip-deps"]][1]
     assert "--mount=type=cache,target=/root/.cache/pip" in deps_run
     assert "--mount=type=secret,id=pip_ca" in deps_run and "PIP_CERT=/run/secrets/pip_ca" in deps_run
-    assert "-c /tmp/pgps-deps/requirements.lock" in deps_run
+    assert "--require-hashes -r /tmp/pgps-deps/requirements.lock" in deps_run  # exactly the lock, hash-checked
     user = [value for inst, value in instructions if inst == "USER"][-1]
     assert user.split(":")[0] not in ("0", "root")
     labels = parser.labels
@@ -437,10 +438,14 @@ def test_entrypoint_git_workspace_gets_dvc_with_git(tmp_path: Path) -> None:
     (ws / "results" / "metrics.json").write_text('{"dice": 0.5}\n')
     subprocess.run([*git, "add", "-f", "dvc.yaml", "params.yaml", ".dvc", ".dvcignore", "results"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "pipeline"], check=True)
-    (ws / "params.yaml").write_text((ws / "params.yaml").read_text().replace("epochs: 4", "epochs: 7"))
+    text = (ws / "params.yaml").read_text()
+    epochs = yaml.safe_load(text)["budget"]["epochs"]
+    (ws / "params.yaml").write_text(text.replace(f"  epochs: {epochs}", f"  epochs: {epochs + 3}", 1))
     (ws / "results" / "metrics.json").write_text('{"dice": 0.75}\n')
     diff = _dvc(ws, "params", "diff")
-    assert diff.returncode == 0 and re.search(r"budget\.epochs\s+4\s+7", diff.stdout), diff.stdout + diff.stderr
+    assert diff.returncode == 0 and re.search(rf"budget\.epochs\s+{epochs}\s+{epochs + 3}", diff.stdout), (
+        diff.stdout + diff.stderr
+    )
     metrics = _dvc(ws, "metrics", "diff", "--json")
     assert metrics.returncode == 0, metrics.stderr
     assert json.loads(metrics.stdout)["results/metrics.json"]["dice"] == {"old": 0.5, "new": 0.75, "diff": 0.25}
@@ -476,7 +481,8 @@ def test_image_upgrade_says_what_is_newer_and_never_overwrites(tmp_path: Path) -
     (image / "dvc.yaml").write_text((image / "dvc.yaml").read_text() + "# a stage changed in the new image\n")
     (image / "profiles" / "smoke.yaml").write_text("profile: smoke\n")
     (image / "params.yaml").write_text((image / "params.yaml").read_text() + "# new image\n")
-    (ws / "params.yaml").write_text(copied["params.yaml"].decode().replace("epochs: 4", "epochs: 9"))
+    epochs = yaml.safe_load(copied["params.yaml"])["budget"]["epochs"]
+    (ws / "params.yaml").write_text(copied["params.yaml"].decode().replace(f"  epochs: {epochs}", "  epochs: 99", 1))
     mine = (ws / "params.yaml").read_bytes()
     second = entrypoint("reproduce", "--help", workspace=ws, src=image)
     assert second.returncode == 0, second.stderr

@@ -4,13 +4,16 @@ checkpoint with the record cut back to it), so the grid machinery is tested with
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import yaml
 
 VENV_BIN = Path(sys.executable).parent
@@ -150,9 +153,10 @@ def copy_pipeline_repo(dest: Path, params_update: dict) -> Path:
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         (dest / rel).write_bytes((REPO / rel).read_bytes())
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params.update(params_update)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if params_update:  # untouched otherwise: byte-identical to a profile, as `--profile` requires
+        params = yaml.safe_load((dest / "params.yaml").read_text())
+        params.update(params_update)
+        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     return dest
 
@@ -168,3 +172,53 @@ def structure(obj: object) -> object:
     if isinstance(obj, (int, float)):
         return "number"
     return type(obj).__name__
+
+
+# ------------------------------------------------------- the smoke task, prepared once and shared (CI time)
+
+SMOKE_PROFILE = REPO / "profiles" / "smoke.yaml"
+CPU_ENV = {"nnUNet_compile": "f", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "2"}
+PREPARED_STAGES = ("acquire", "convert", "plan")
+
+
+def smoke_params() -> dict:
+    """The smoke profile: 4 epochs x 6 iterations, 1 val iteration, fold 0, constant/pgps/pgps_plus/rpss on the
+    synthetic task (profiles/smoke.yaml; until that file exists, the repository's params.yaml, which is it)."""
+    return yaml.safe_load((SMOKE_PROFILE if SMOKE_PROFILE.is_file() else REPO / "params.yaml").read_text())
+
+
+def prepared_smoke_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pipeline workspace (git + DVC) on the smoke profile whose task is acquired, converted and planned
+    (`dvc repro plan`), made once per test session: the Docker and SLURM stages copy it instead of each
+    planning the same task again. Read-only for its users (copy it with ``copy_prepared``)."""
+    base = tmp_path_factory.getbasetemp()
+    root, done = base / "smoke-task", base / "smoke-task.done"
+    with (base / "smoke-task.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second user in this session waits for the first to finish
+        if not done.is_file():
+            if root.exists():
+                shutil.rmtree(root)
+            copy_pipeline_repo(root, smoke_params())
+            env = os.environ | CPU_ENV | {"PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+            proc = subprocess.run(
+                [str(VENV_BIN / "dvc"), "repro", *PREPARED_STAGES],
+                cwd=root, env=env, capture_output=True, text=True, timeout=1200,
+            )  # fmt: skip
+            assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+            done.write_text(proc.stdout)
+    return root
+
+
+def copy_prepared(prepared: Path, dest: Path, with_code: bool = True) -> Path:
+    """A private copy of the prepared workspace; ``with_code=False`` drops the code copy, so the image's entry
+    point links its own (src -> /opt/pgps/src, the same files)."""
+    shutil.copytree(prepared, dest, symlinks=True)
+    if not with_code:
+        shutil.rmtree(dest / "src")
+    return dest
+
+
+def smoke_reference_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where a sequential smoke run leaves its results/ for the grid test to compare with (the Docker stage's
+    `reproduce` is that run; without it, the grid test runs `dvc repro` itself)."""
+    return tmp_path_factory.getbasetemp() / "smoke-reference"

@@ -1,9 +1,11 @@
 """The grid on a real SLURM cluster started here (scripts/slurm/start-cluster.sh: munge, slurmdbd on
 MariaDB, slurmctld, two virtual nodes with two fake GPUs each), through the same `pgps grid` commands a
-user runs. Toy trainings keep these at ~1.5 min: arrays + task-by-task ties + dependencies + fake-GPU
+user runs. Toy trainings keep most of these short: arrays + task-by-task ties + dependencies + fake-GPU
 assignment, a training cancelled mid-run and requeued, a training that hits its time limit and is requeued by
-submitit. The first tests need no cluster: how many sbatch calls the paper's grid takes, and what reaches the
-generated batch script (marker `slurm` only on the tests that start the cluster)."""
+submitit (it waits alongside the smoke grid). The smoke grid runs the real pipeline on the task the session
+prepared once (shared with the Docker stage). The first tests need no cluster: how many sbatch calls the paper's
+grid takes, and what reaches the generated batch script (marker `slurm` only on the tests that start the
+cluster)."""
 
 from __future__ import annotations
 
@@ -25,18 +27,21 @@ from pgps.grid.config import GridConfig, Resources
 from pgps.grid.runner import read_attempts
 from pgps.grid.slurm import sbatch_parameters
 from test_grid_helpers import (
+    CPU_ENV,
     VENV_BIN,
     assert_record_complete,
     copy_pipeline_repo,
+    copy_prepared,
     dvc_status,
     make_toy_repo,
     pgps,
+    prepared_smoke_task,
     read_record,
+    smoke_reference_dir,
     structure,
 )
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "slurm"
-CPU_ENV = {"nnUNet_compile": "f", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "2"}
 SMALL = {
     "default": {"cpus": 1, "mem_gb": 0.25, "time_min": 10},
     "stages": {"train": {"cpus": 1, "mem_gb": 0.25, "gpus": 1, "time_min": 10}},
@@ -311,41 +316,36 @@ def test_slurm_grid_cancel_stops_every_job(slurm_cluster: dict[str, str], tmp_pa
     assert proc.returncode == 0 and proc.stdout.startswith("cancelled "), proc.stderr
     rows = wait_grid(repo, slurm_cluster, 60, until=lambda rs: all(r["state"] in ("done", "failed") for r in rs))
     assert {r["run"]: r["state"] for r in rows}["train@A-0"] == "failed"
-    squeue = subprocess.run(["squeue", "-h"], env=os.environ | slurm_cluster, capture_output=True, text=True)
-    assert squeue.stdout.strip() == ""
+    # none of this grid's jobs is left in the queue (other tests' grids may be)
+    arrays = {r["job_id"].split("_")[0] for r in rows}
+    squeue = subprocess.run(
+        ["squeue", "-h", "-r", "-o", "%i"], env=os.environ | slurm_cluster, capture_output=True, text=True
+    )
+    assert not {line.split("_")[0] for line in squeue.stdout.split()} & arrays, squeue.stdout
 
 
-@pytest.mark.slurm
-def test_slurm_time_limit_checkpoints_and_requeues(slurm_cluster: dict[str, str], tmp_path: Path) -> None:
-    """1-minute limit, SIGUSR2 55 s before it (SLURM sends it 5-35 s in: its time-limit check runs every 30 s):
-    submitit's Checkpointable requeues the training, which resumes from its checkpoint."""
-    epochs = 40
+TIME_LIMIT_EPOCHS = 40
+
+
+@pytest.fixture(scope="module")
+def time_limit_grid(slurm_cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A toy training under a 1-minute limit, submitted as soon as a test asks for it: it spends its ~1.5 min
+    waiting for the limit, so the smoke grid test requests it first and it runs alongside (CI time)."""
     grid = SMALL | {"stages": {"train": {"cpus": 1, "mem_gb": 0.25, "gpus": 0, "time_min": 1}}, "signal_delay_s": 55}
-    repo = make_toy_repo(tmp_path / "repo", ["A"], [0], epochs=epochs, epoch_s=1.0, grid=grid)
+    repo = make_toy_repo(
+        tmp_path_factory.mktemp("time-limit") / "repo", ["A"], [0], epochs=TIME_LIMIT_EPOCHS, epoch_s=1.0, grid=grid
+    )
     sub = pgps(["grid", "submit"], repo, slurm_cluster)
     assert sub.returncode == 0, sub.stderr
-    rows = {r["run"]: r for r in wait_grid(repo, slurm_cluster, 240)}
-    assert {r["state"] for r in rows.values()} == {"done"}, rows
-    attempts = read_attempts(repo / "logs" / "grid", "train@A-0")
-    assert sum(a["event"] == "checkpoint" for a in attempts) >= 1
-    rec = read_record(repo / "out" / "A" / "fold_0" / "pgps_record.json")
-    assert_record_complete(rec, epochs)
-    assert len(rec["resumes"]) >= 1 and all(r["at_epoch"] > 0 for r in rec["resumes"])
-    assert "up to date" in dvc_status(repo)
+    return repo
 
 
-# the reduced pipeline for CI: one task, one fold, the baseline and PGPS, 4 epochs x 2 iterations
-REDUCED = {
-    "tasks": ["Task901_PGPSSynth"],
-    "folds": [0],
-    "trainers": {"constant": {"class": "nnUNetTrainerConstant"}, "pgps": {"class": "nnUNetTrainerPGPS"}},
-    "budget": {"epochs": 4, "iters_per_epoch": 2, "val_iters": 1, "dry_run": "auto"},
-    "grid": {
-        "default": {"cpus": 1, "mem_gb": 1, "gpus": 0, "time_min": 30},
-        "stages": {
-            "train": {"cpus": 1, "mem_gb": 2, "gpus": 0, "time_min": 30},
-            "evaluate": {"cpus": 1, "mem_gb": 2, "gpus": 0, "time_min": 30},
-        },
+# the smoke profile's grid requests on the test cluster: CPU only, small
+SMOKE_GRID = {
+    "default": {"cpus": 1, "mem_gb": 1, "gpus": 0, "time_min": 30},
+    "stages": {
+        "train": {"cpus": 1, "mem_gb": 2, "gpus": 0, "time_min": 30},
+        "evaluate": {"cpus": 1, "mem_gb": 2, "gpus": 0, "time_min": 30},
     },
 }
 PGPS_RUN = "train@Task901_PGPSSynth-pgps-0"
@@ -353,23 +353,34 @@ PGPS_RUN = "train@Task901_PGPSSynth-pgps-0"
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_slurm_reduced_pipeline_grid_cancel_requeue_then_dvc_has_nothing_to_do(
-    slurm_cluster: dict[str, str], tmp_path: Path
+def test_slurm_smoke_pipeline_grid_cancel_requeue_then_dvc_has_nothing_to_do(
+    slurm_cluster: dict[str, str], tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, time_limit_grid: Path
 ) -> None:
-    """The real pipeline (nnU-Net plan/train/evaluate, pgps report) through `pgps grid submit`; the PGPS
-    training is scancelled after its first epoch and requeued; a sequential `dvc repro` of the same
-    params runs alongside as the reference. ~4 min on 2 idle cores."""
+    """The real pipeline (nnU-Net trainings, evaluation, pgps report) on the smoke profile through `pgps grid
+    submit`, on the task the session prepared once (acquire/convert/plan already in dvc.lock); the PGPS training is
+    scancelled after its first epoch and requeued. Compared with a sequential run of the same profile: the Docker
+    stage's `reproduce` when it ran in this session, else a `dvc repro` started here alongside the grid."""
     env = slurm_cluster | {"PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
-    grid_repo = copy_pipeline_repo(tmp_path / "grid", REDUCED)
-    seq_repo = copy_pipeline_repo(tmp_path / "seq", REDUCED)
-    seq_log = (tmp_path / "seq.log").open("w")
+    prepared = prepared_smoke_task(tmp_path_factory)
+    grid_repo = copy_prepared(prepared, tmp_path / "grid")
+    params = yaml.safe_load((grid_repo / "params.yaml").read_text())
+    (grid_repo / "params.yaml").write_text(yaml.safe_dump(params | {"grid": SMOKE_GRID}, sort_keys=False))
+    reference = smoke_reference_dir(tmp_path_factory)
+    seq = seq_log = None
+    if not (reference / "results" / "metrics.json").is_file():
+        reference = copy_prepared(prepared, tmp_path / "seq")
+        seq_log = (tmp_path / "seq.log").open("w")
+        seq = subprocess.Popen(
+            [str(VENV_BIN / "dvc"), "repro"], cwd=reference, env=os.environ | env, stdout=seq_log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
     t0 = time.time()
-    seq = subprocess.Popen(
-        [str(VENV_BIN / "dvc"), "repro"], cwd=seq_repo, env=os.environ | env, stdout=seq_log, stderr=subprocess.STDOUT
-    )
     try:
         sub = pgps(["grid", "submit"], grid_repo, env)
         assert sub.returncode == 0, sub.stderr
+        state = json.loads((grid_repo / "logs" / "grid" / "grid.json").read_text())
+        # the prepared stages are up to date: only trainings, evaluations, the report (and dvc commit) run
+        assert {name.split("@")[0] for name in state["jobs"]} == {"train", "evaluate", "report", "dvc-commit"}
 
         def pgps_mid_run(rows: list[dict]) -> bool:
             row = {r["run"]: r for r in rows}[PGPS_RUN]
@@ -389,14 +400,15 @@ def test_slurm_reduced_pipeline_grid_cancel_requeue_then_dvc_has_nothing_to_do(
         rows = {r["run"]: r for r in wait_grid(grid_repo, env, 1200)}
         grid_wall = time.time() - t0
         assert {r["state"] for r in rows.values()} == {"done"}, rows
-        assert seq.wait(timeout=1200) == 0, (tmp_path / "seq.log").read_text()[-3000:]
-        seq_wall = time.time() - t0
+        if seq is not None:
+            assert seq.wait(timeout=1200) == 0, (tmp_path / "seq.log").read_text()[-3000:]
     finally:
-        if seq.poll() is None:
-            seq.kill()
-            seq.wait()
-        seq_log.close()
-    print(f"reduced grid on the local cluster: {grid_wall:.0f} s; sequential dvc repro alongside: {seq_wall:.0f} s")
+        if seq is not None:
+            if seq.poll() is None:
+                seq.kill()
+                seq.wait()
+            seq_log.close()
+    print(f"smoke grid on the local cluster: {grid_wall:.0f} s (reference: {'here' if seq else 'Docker stage'})")
 
     # the cancelled run resumed from its checkpoint at the stage the schedule gives that epoch
     (record,) = (grid_repo / "data" / "nnUNet_results" / "Task901_PGPSSynth" / "pgps").rglob("pgps_record.json")
@@ -412,7 +424,7 @@ def test_slurm_reduced_pipeline_grid_cancel_requeue_then_dvc_has_nothing_to_do(
     # after the grid, DVC has nothing left to do: status clean, repro runs no stage
     assert "up to date" in dvc_status(grid_repo)
     finals = {p: p.stat().st_mtime_ns for p in (grid_repo / "data" / "nnUNet_results").rglob("checkpoint_final.pth")}
-    assert len(finals) == 2
+    assert len(finals) == len(params["trainers"]) * len(params["folds"])
     repro = subprocess.run(
         [str(VENV_BIN / "dvc"), "repro"], cwd=grid_repo, env=os.environ | env, capture_output=True, text=True
     )
@@ -423,13 +435,28 @@ def test_slurm_reduced_pipeline_grid_cancel_requeue_then_dvc_has_nothing_to_do(
     def files(root: Path) -> list[str]:
         return sorted(str(p.relative_to(root)) for p in (root / "results").rglob("*") if p.is_file())
 
-    assert files(grid_repo) == files(seq_repo)
+    assert files(grid_repo) == files(reference)
     g_metrics = json.loads((grid_repo / "results" / "metrics.json").read_text())
-    s_metrics = json.loads((seq_repo / "results" / "metrics.json").read_text())
+    s_metrics = json.loads((reference / "results" / "metrics.json").read_text())
     assert structure(g_metrics) == structure(s_metrics)
     g_md = (grid_repo / "results" / "report.md").read_text().splitlines()
-    s_md = (seq_repo / "results" / "report.md").read_text().splitlines()
+    s_md = (reference / "results" / "report.md").read_text().splitlines()
     assert [ln for ln in g_md if ln.startswith("#")] == [ln for ln in s_md if ln.startswith("#")]
     assert [ln.split("|")[1] for ln in g_md if ln.startswith("|")] == [
         ln.split("|")[1] for ln in s_md if ln.startswith("|")
     ]
+
+
+@pytest.mark.slurm
+def test_slurm_time_limit_checkpoints_and_requeues(slurm_cluster: dict[str, str], time_limit_grid: Path) -> None:
+    """1-minute limit, SIGUSR2 55 s before it (SLURM sends it 5-35 s in: its time-limit check runs every 30 s):
+    submitit's Checkpointable requeues the training, which resumes from its checkpoint."""
+    repo = time_limit_grid
+    rows = {r["run"]: r for r in wait_grid(repo, slurm_cluster, 240)}
+    assert {r["state"] for r in rows.values()} == {"done"}, rows
+    attempts = read_attempts(repo / "logs" / "grid", "train@A-0")
+    assert sum(a["event"] == "checkpoint" for a in attempts) >= 1
+    rec = read_record(repo / "out" / "A" / "fold_0" / "pgps_record.json")
+    assert_record_complete(rec, TIME_LIMIT_EPOCHS)
+    assert len(rec["resumes"]) >= 1 and all(r["at_epoch"] > 0 for r in rec["resumes"])
+    assert "up to date" in dvc_status(repo)

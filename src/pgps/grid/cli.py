@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
+from pgps import fileio
 from pgps.errors import PGPSError
 from pgps.grid.config import GridConfig, add_resource_flags, apply_flags, load_grid_config
 from pgps.grid.dag import Grid, StageJob
@@ -72,10 +72,8 @@ def _submit(args: argparse.Namespace) -> int:
         config = apply_flags(load_grid_config(args.params), args)
         grid = load_grid(Path.cwd())
     finally:
-        if saved is not None:  # a dry run leaves params.yaml as it was (temp file + rename)
-            tmp = args.params.with_name(f".{args.params.name}.grid.partial")
-            tmp.write_bytes(saved)
-            os.replace(tmp, args.params)
+        if saved is not None:  # a dry run leaves params.yaml as it was
+            fileio.write_bytes(args.params, saved)
     groups = {j.group for j in grid.jobs.values()}
     unknown = sorted({name for name, _ in config.stages} - groups)
     if unknown and config.stages_explicit:
