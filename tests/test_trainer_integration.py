@@ -212,23 +212,12 @@ def test_predict_with_pgps_checkpoint_via_nnunet_cli(root: Path, reference: Path
 
 
 def test_all_trainers_found_by_nnunet_lookup(root: Path) -> None:
-    names = [
-        "nnUNetTrainerConstant",
-        "nnUNetTrainerPGPS",
-        "nnUNetTrainerPGPSPlus",
-        "nnUNetTrainerRPSS",
-        "nnUNetTrainerPGPSEfficiency",
-        "nnUNetTrainerPGPSPerformance",
-    ]
-    code = (
-        "import json, sys\n"
-        "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find\n"
-        "print(json.dumps({n: [find(n).pgps_mode, find(n).__module__] for n in sys.argv[1:]}))\n"
-    )
-    proc = run([str(BIN / "python"), "-c", code, *names], nnunet_env(root))
-    found = json.loads(proc.stdout.strip().splitlines()[-1])
-    modes = {n: m for n, (m, _) in found.items()}
-    assert modes == {
+    """Every class src/pgps/trainers ships (pgps.trainer_catalog, read from the sources) is found by
+    nnU-Net's own lookup with the curriculum mode the catalog reads; the paper's six are among them."""
+    from pgps.trainer_catalog import trainer_modes
+
+    catalog = {n: m for n, m in trainer_modes().items() if n != "nnUNetTrainer"}
+    paper = {
         "nnUNetTrainerConstant": "constant",
         "nnUNetTrainerPGPS": "pgps",
         "nnUNetTrainerPGPSPlus": "pgps+",
@@ -236,8 +225,17 @@ def test_all_trainers_found_by_nnunet_lookup(root: Path) -> None:
         "nnUNetTrainerPGPSEfficiency": "efficiency",
         "nnUNetTrainerPGPSPerformance": "performance",
     }
+    assert paper.items() <= catalog.items()
+    code = (
+        "import json, sys\n"
+        "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find\n"
+        "print(json.dumps({n: [find(n).pgps_mode, find(n).__module__] for n in sys.argv[1:]}))\n"
+    )
+    proc = run([str(BIN / "python"), "-c", code, *sorted(catalog)], nnunet_env(root))
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {n: m for n, (m, _) in found.items()} == catalog
     # imported from nnUNet_extTrainer as top-level modules, nothing added to nnunetv2 in site-packages
-    assert all(module == name for name, (_, module) in found.items())
+    assert all(found[name][1] == name for name in paper)
     site = Path(nnunetv2.__file__).parent
     assert not [p for p in site.rglob("*.py") if "nnUNetTrainerPGPS" in p.read_text(errors="ignore")]
 

@@ -194,3 +194,28 @@ def test_resume_refuses_damaged_recorded_knobs(saved: object, needle: str) -> No
 def test_knobs_round_trip_through_their_variables() -> None:
     k = Knobs(**{**SAVED.to_dict(), "min_full_share": 0.3, "augmentation": "planned", "cuda_graphs": "on"})
     assert read_knobs(as_env(k)) == k
+
+
+def test_without_codecarbon_a_country_is_one_line_naming_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The core install has no codecarbon (it comes with pgps[pipeline]): refused at parse time, and by
+    StageEnergy itself, instead of a ModuleNotFoundError after the set-up."""
+    import sys
+
+    from pgps.nnunet import knobs
+    from pgps.nnunet.energy import StageEnergy
+
+    for name in [m for m in sys.modules if m == "codecarbon" or m.startswith("codecarbon.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "codecarbon", None)  # import fails as if not installed
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    knobs.codecarbon_countries.cache_clear()
+    try:
+        with pytest.raises(
+            PGPSError, match=r"^PGPS_CODECARBON: codecarbon is not installed: pip install 'pgps\[pipeline\]'"
+        ):
+            read_knobs({"PGPS_CODECARBON": "DEU"})
+        assert read_knobs({"PGPS_CODECARBON": "off"}).codecarbon == "off"
+        with pytest.raises(PGPSError, match=r"^PGPS_CODECARBON=DEU: codecarbon is not installed"):
+            StageEnergy("DEU", "/nonexistent", "p", "process")
+    finally:
+        knobs.codecarbon_countries.cache_clear()

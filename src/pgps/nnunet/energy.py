@@ -15,9 +15,13 @@ are not children of rank 0 (which tracks), so ``machine`` is used there."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
+
+from pgps.errors import PGPSError
+from pgps.nnunet.knobs import CODECARBON_MISSING
 
 
 def tracking_mode(world_size: int) -> str:
@@ -29,6 +33,8 @@ class StageEnergy:
     def __init__(self, country: str, fold_dir: str | Path, project: str, mode: str) -> None:
         if mode not in ("process", "machine"):
             raise ValueError(f"codecarbon tracking mode must be process or machine, got {mode!r}")
+        if importlib.util.find_spec("codecarbon") is None:  # the core install (no pipeline extra)
+            raise PGPSError(f"PGPS_CODECARBON={country}: {CODECARBON_MISSING}")
         self.country = country
         self.fold_dir = Path(fold_dir)
         self.project = project

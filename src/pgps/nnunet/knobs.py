@@ -110,12 +110,17 @@ def budget_fraction(time_budget: str) -> float | None:
     return float(time_budget[:-1]) if time_budget.endswith("x") else None
 
 
+CODECARBON_MISSING = "codecarbon is not installed: pip install 'pgps[pipeline]', or set PGPS_CODECARBON=off"
+
+
 @functools.cache
 def codecarbon_countries() -> frozenset[str]:
     """The ISO 3166-1 alpha-3 codes codecarbon has an energy mix for (its own offline data); for
     any other code its OfflineEmissionsTracker silently uses the world average."""
-    from codecarbon.input import DataSource
-
+    try:
+        from codecarbon.input import DataSource
+    except ImportError:  # the core install: codecarbon comes with the pipeline extra
+        raise PGPSError(f"PGPS_CODECARBON: {CODECARBON_MISSING}") from None
     return frozenset(DataSource().get_global_energy_mix_data())
 
 
