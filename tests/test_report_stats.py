@@ -98,10 +98,11 @@ def test_verdict_comes_from_cases_and_holm_over_the_whole_report() -> None:
     assert metrics["a"]["dice_delta"] > 0  # the fold means say "better" ...
     assert metrics["a"]["significance"] == -1  # ... the cases say significantly worse
     raw_a = scipy_wilcoxon([a[c] for c in base], [base[c] for c in base]).pvalue
-    assert metrics["a"]["p_raw"] == pytest.approx(raw_a) and raw_a < 0.03125 / 3
+    tests = {c.run: c for c in results.comparisons}  # raw p: in the report, not in metrics.json
+    assert tests["a"].test.p_raw == pytest.approx(raw_a) and raw_a < 0.03125 / 3
     assert metrics["a"]["p_holm"] == pytest.approx(3 * raw_a)
     for run in ("b", "c"):
-        assert metrics[run]["p_raw"] == pytest.approx(0.03125)  # 14 unchanged cases dropped, 6 all better
+        assert tests[run].test.p_raw == pytest.approx(0.03125)  # 14 unchanged cases dropped, 6 all better
         assert metrics[run]["p_holm"] == pytest.approx(0.0625) and metrics[run]["significance"] == 0
     assert results.family_size == 3
     assert metrics["constant"].keys() >= {"dice_mean", "dice_std", "dice_folds"} and "p_holm" not in metrics["constant"]

@@ -33,7 +33,7 @@ H200_STEPS: tuple[tuple[tuple[int, int, int], int, float], ...] = (
     ((128, 128, 96), 2, 0.0547117280000009),
     ((128, 128, 128), 2, 0.06704172399999209),
 )
-MEASURED_PLAN = {"patch": (128, 128, 128), "poolings": (5, 5, 5), "batch": 2}
+MEASURED_PATCH, MEASURED_POOLINGS, MEASURED_BATCH = (128, 128, 128), (5, 5, 5), 2
 #: parameters of nnU-Net's default 3d_fullres network for that plan (PlainConvUNet, 6 stages, 32..320
 #: features, 2 convolutions per stage, deep supervision), counted with torch
 MEASURED_NET_PARAMS = 31_196_399
@@ -72,8 +72,7 @@ def step_seconds(patch: tuple[int, ...], batch: int) -> float:
 def run_schedule(spec: TrainerSpec, seed: int) -> Schedule:
     """The run's curriculum on the measured plan (its mode, its epochs)."""
     mode = TRAINER_MODES[spec.trainer_class]
-    plan = MEASURED_PLAN
-    return build_schedule(plan["patch"], plan["poolings"], spec.budget.epochs, plan["batch"], mode, seed)
+    return build_schedule(MEASURED_PATCH, MEASURED_POOLINGS, spec.budget.epochs, MEASURED_BATCH, mode, seed)
 
 
 def run_gpu_seconds(spec: TrainerSpec, seed: int) -> float:

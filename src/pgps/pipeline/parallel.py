@@ -109,9 +109,10 @@ def run_stages(
             _stop(proc)
         raise
     if failed is not None:
-        log = log_dir / _log_name(failed)
-        print(f"--- last lines of {log.relative_to(root)} ---\n{_tail(log)}", file=sys.stderr, flush=True)
-        raise PGPSError(f"stage {failed} failed; its output: {log.relative_to(root)} (its last lines are above)")
+        failed_log = log_dir / _log_name(failed)
+        shown = failed_log.relative_to(root)
+        print(f"--- last lines of {shown} ---\n{_tail(failed_log)}", file=sys.stderr, flush=True)
+        raise PGPSError(f"stage {failed} failed; its output: {shown} (its last lines are above)")
 
 
 def _stop(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:

@@ -149,7 +149,8 @@ def _row(folds: list[FoldRun]) -> dict[str, Any]:
 
 
 def _sum(values: list[float | None]) -> float | None:
-    return None if not values or any(v is None for v in values) else float(sum(values))  # type: ignore[misc]
+    present = [v for v in values if v is not None]
+    return float(sum(present)) if values and len(present) == len(values) else None
 
 
 def _timing(folds: list[FoldRun]) -> dict[str, Any]:

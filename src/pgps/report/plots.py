@@ -38,7 +38,7 @@ def _colors(names: list[str], baseline: str) -> dict[str, Any]:
 
     cmap = matplotlib.colormaps["tab10"]
     others = [n for n in names if n != baseline]
-    colors = {n: cmap(i % 10) for i, n in enumerate(others)}
+    colors: dict[str, Any] = {n: cmap(i % 10) for i, n in enumerate(others)}
     colors[baseline] = "black"
     return colors
 
