@@ -116,7 +116,6 @@ def test_names_follow_nnunets_convention() -> None:
     assert nnUNetTrainerPGPS_Lab_7epochs_100epochs.pgps_variant is nnUNetTrainerLab_7epochs
 
 
-@pytest.mark.xfail(strict=True, reason="trainer_catalog.budget_epochs reads the first _<k>epochs (relayed to lead)")
 def test_the_catalog_reads_the_budget_at_the_end_of_a_name() -> None:
     assert budget_epochs(nnUNetTrainerPGPS_Lab_7epochs_100epochs.__name__) == 100  # what pgps schedule -tr reads
 

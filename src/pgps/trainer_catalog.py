@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pgps.paths import TRAINERS_DIR
 
-BUDGET_NAME = re.compile(r"_(\d+)epochs")  # matched at the END of a class name (see budget_epochs)
+BUDGET_NAME = re.compile(r"_(\d+)epochs$")  # the budget ends a class name
 
 
 def trainer_modes(folder: Path = TRAINERS_DIR) -> dict[str, str]:
@@ -42,7 +42,7 @@ def trainer_modes(folder: Path = TRAINERS_DIR) -> dict[str, str]:
 def budget_epochs(class_name: str) -> int | None:
     """N for a class named ``..._<N>epochs``, else None."""
     match = BUDGET_NAME.search(class_name)
-    return int(match.group(1)) if match and match.end() == len(class_name) else None
+    return int(match.group(1)) if match else None
 
 
 def _class_constant(node: ast.ClassDef, attribute: str) -> str | None:
