@@ -277,7 +277,9 @@ def test_device_check_dry_run_on_cpu_and_its_imports(tmp_path: Path) -> None:
     imported = carry.imported_distributions(trace)
     assert imported["missing"] == [] and imported["stubbed"] == ["simpleitk"]
     assert imported["carried_not_imported"] == []
-    assert "imagecodecs" not in json.dumps(imported)
+    # imagecodecs (26 MB, not carried) is only tried by tifffile: blocked in the dry run, which passed without it
+    assert "imagecodecs" in imported["blocked"]
+    assert all("imagecodecs" not in imported[k] for k in ("in_image", "carried", "via_image", "missing"))
     print("device check dry run:", round(res["elapsed_s"], 1), "s;", json.dumps(imported))
 
 

@@ -14,15 +14,16 @@ carries at most 64 MiB. So the carry is:
   modules training and prediction import, but the dataset is planned with ``NibabelIO``
   (dataset.json ``overwrite_image_reader_writer``), so no SimpleITK function is ever called;
   ``sitk_stub/`` stands in for the import and raises on any use (the dry run here puts it in
-  front of the real SimpleITK to prove it). imagecodecs is never imported (tifffile loads it
-  lazily for compressed TIFFs only);
+  front of the real SimpleITK to prove it). imagecodecs is only TRIED by tifffile (in a
+  try/except; it works without it), like the other ``ABSENT_ON_DEVICE`` modules, which the dry
+  run blocks; nnU-Net's declared graphviz and yacs are never imported;
 - one small dataset (``Dataset905_PGPSGPU``: 128^3 synthetic cases, 1 mm, quantised to integers
   so nnU-Net's blosc2 files compress), planned and preprocessed HERE by nnU-Net's own tools
   (nnU-Net plans a 128^3 patch with 5/5/5 poolings, batch 2: the benchmark's plan), packed as
   one tar of nnUNet_preprocessed/<dataset> + the raw test images.
 
-``python benchmarks/gpu/carry.py build`` writes ``.gpu_carry/`` (git-ignored) and the manifest;
-``python benchmarks/gpu/carry.py check`` re-hashes it against the manifest and prints the sizes.
+``python benchmarks/gpu/carry.py build`` writes ``.gpu_carry/`` (git-ignored) and the manifest
+(``wheels``: the wheels only); ``check`` re-hashes it against the manifest and sums the sizes.
 """
 
 from __future__ import annotations
@@ -62,8 +63,6 @@ WHEELS: dict[str, str] = {
     "ndindex": "1.10.1",
     "numexpr": "2.14.2",
     "nibabel": "5.4.2",
-    "graphviz": "0.21",
-    "yacs": "0.1.8",
     "connected-components-3d": "4.1.1",
 }
 BUILT_HERE = {"acvl_utils"}  # sdist only on PyPI: `pip wheel` (pure Python)
@@ -81,7 +80,8 @@ DEVICE_IMAGE = set(
     """absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build
     certifi charset-normalizer chex click cloudpickle cmake colorama contourpy coverage cuda-bindings cuda-core
     cuda-pathfinder cuda-toolkit cupy-cuda13x cycler cython diffrax e3nn einops equinox etils execnet filelock
-    flatbuffers flax fonttools formulaic frozenlist fsspec gpytorch grpcio h11 h5py hf-xet httpcore httpx humanize
+    flatbuffers flax fonttools formulaic frozenlist fsspec gpytorch grpcio h11 h5py hf-xet httpcore httpx
+    huggingface-hub humanize
     hypothesis idna imageio iniconfig interface-meta jax jax-cuda13-pjrt jax-cuda13-plugin jaxlib jaxtyping jinja2
     joblib kiwisolver lazy-loader lightning lightning-utilities linear-operator lineax llvmlite lxml markdown
     markdown-it-py markupsafe matplotlib mdurl meson ml-dtypes mpi4py mpmath msgpack multidict multipledispatch
@@ -100,6 +100,10 @@ DEVICE_IMAGE = set(
     zipp""".split()
 )
 STUBBED = {"simpleitk"}
+# modules the dry run's processes TRY to import that the device image lacks, all optional (imported
+# inside try/except by tifffile, tabulate, httpx/httpcore, networkx, pip): the dry run blocks them
+# (import_trace/sitecustomize.py, PGPS_IMPORT_BLOCK) so it runs with what the device will have
+ABSENT_ON_DEVICE = ("imagecodecs", "pydot", "h2", "hpack", "hyperframe", "truststore", "wcwidth")
 
 
 def _norm(name: str) -> str:
@@ -107,23 +111,51 @@ def _norm(name: str) -> str:
 
 
 def imported_distributions(trace_dir: Path) -> dict[str, list[str]]:
-    """What an import trace (import_trace/sitecustomize.py) shows: the distributions every traced
-    process imported, split into those the device image has, those the carry brings, the stubbed
-    one, and any the device would lack (must be empty)."""
-    from importlib.metadata import packages_distributions
+    """What an import trace (import_trace/sitecustomize.py) shows: the top-level modules every
+    traced process imported or tried to import, by where the device gets them -- the image, the
+    carry, the stub, blocked in the dry run (absent on the device, optional) -- and ``missing``:
+    modules none of whose distributions the device has (must be empty). ``via_image``: a dependency
+    that an image package has here (huggingface_hub's httpx2): the image brings its own."""
+    import re
+    from importlib.metadata import PackageNotFoundError, packages_distributions, requires
+
+    image_deps: set[str] = set()  # what the image's packages need, transitively, as installed here
+    todo = list(DEVICE_IMAGE)
+    while todo:
+        try:
+            reqs = requires(todo.pop()) or []
+        except PackageNotFoundError:
+            continue
+        for r in reqs:
+            dep = _norm(re.split(r"[\s;<>=!~\[(]", r, maxsplit=1)[0])
+            if "extra ==" not in r and dep not in image_deps and dep not in DEVICE_IMAGE:
+                image_deps.add(dep)
+                todo.append(dep)
 
     names = {ln.strip() for f in trace_dir.glob("*.txt") for ln in f.read_text().splitlines() if ln.strip()}
     owners = packages_distributions()
-    dists = {_norm(d) for n in names - set(sys.stdlib_module_names) for d in owners.get(n, [])}
-    dists -= {"pgps"}
     carried = {_norm(n) for n in WHEELS}
-    return {
-        "in_image": sorted(dists & DEVICE_IMAGE),
-        "carried": sorted(dists & carried),
-        "stubbed": sorted(dists & STUBBED),
-        "missing": sorted(dists - DEVICE_IMAGE - carried - STUBBED),
-        "carried_not_imported": sorted(carried - dists),
-    }
+    kinds = ("in_image", "carried", "stubbed", "blocked", "via_image", "missing")
+    out: dict[str, set[str]] = {k: set() for k in kinds}
+    for name in sorted(names - set(sys.stdlib_module_names) - {"pgps", "benchmarks"}):
+        dists = {_norm(d) for d in owners.get(name, [])}
+        if not dists:
+            continue  # not from an installed distribution (a script's own module)
+        if name in ABSENT_ON_DEVICE:
+            out["blocked"].add(name)
+        elif dists & STUBBED:
+            out["stubbed"] |= dists & STUBBED
+        elif dists & carried:
+            out["carried"] |= dists & carried
+        elif dists & DEVICE_IMAGE:
+            out["in_image"] |= dists & DEVICE_IMAGE
+        elif dists & image_deps:
+            out["via_image"] |= dists & image_deps
+        else:
+            out["missing"].add(name)
+    result = {k: sorted(v) for k, v in out.items()}
+    result["carried_not_imported"] = sorted(carried - out["carried"])
+    return result
 
 
 DATASET_ID = 905
@@ -164,13 +196,8 @@ def raw_dataset(
     """nnU-Net v2 raw layout, read by NibabelIO; images quantised to integers (int16 NIfTI)."""
     import numpy as np
 
-    from pgps.data.synthetic import Variant
-
-    try:  # the phantom's home since the data helpers' split; before it, pgps.data.synthetic
-        from pgps.data.phantom import make_case, nifti_bytes
-    except ImportError:
-        from pgps.data.synthetic import _nifti_bytes as nifti_bytes  # type: ignore[attr-defined,no-redef]
-        from pgps.data.synthetic import make_case  # type: ignore[attr-defined,no-redef]
+    from pgps.data.catalog import Variant
+    from pgps.data.phantom import make_case, nifti_bytes
 
     spec = Variant("Task905_PGPSGPU", shape, (1.0, 1.0, 1.0))
     folder = raw / DATASET
@@ -275,16 +302,17 @@ def check(manifest_path: Path = MANIFEST) -> dict:
     return {"carry_bytes": carry, "tree_bytes": tree, "total_mib": (carry + tree) / 2**20}
 
 
-def build(work: Path) -> dict:
-    download_wheels()
-    dataset = build_dataset(work)
+def write_manifest(dataset: dict | None = None) -> dict:
+    """The manifest of what ``.gpu_carry/`` holds now (the dataset's description kept if not given)."""
+    if dataset is None:
+        dataset = fileio.read_json(MANIFEST, "the GPU check's carry manifest")["dataset"]
     files = entries()
     manifest = {
         "about": "what benchmarks/gpu/device_check.py carries to the device machine (see carry.py)",
         "python": "cp312 manylinux x86_64 / pure Python wheels, installed with pip --no-deps --target",
         "not_carried": {
             "SimpleITK": "53 MB wheel; imported but never called with a NibabelIO dataset: sitk_stub/ stands in",
-            "imagecodecs": "26 MB wheel; never imported by training, validation or prediction",
+            "imagecodecs": "26 MB wheel; only tried by tifffile (optional); the dry run blocks it and passes",
         },
         "dataset": dataset,
         "files": files,
@@ -294,17 +322,28 @@ def build(work: Path) -> dict:
     return manifest
 
 
+def build(work: Path) -> dict:
+    download_wheels()
+    return write_manifest(build_dataset(work))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["build", "check"])
+    p.add_argument("what", choices=["build", "wheels", "check"], help="wheels: re-fetch wheels, keep the dataset")
     p.add_argument("--work", type=Path, default=REPO / ".gpu_carry" / "work", help="planning work folder")
     args = p.parse_args(argv)
     try:
-        out = build(args.work) if args.what == "build" else check()
+        if args.what == "wheels":
+            for old in WHEELS_DIR.glob("*.whl"):
+                old.unlink()
+            download_wheels()
+            out = write_manifest()
+        else:
+            out = build(args.work) if args.what == "build" else check()
     except PGPSError as exc:
         print(f"carry: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(out if args.what == "check" else {k: out[k] for k in ("dataset", "carry_mib")}, indent=1))
+    print(json.dumps(out if args.what == "check" else {k: out[k] for k in ("files", "carry_mib")}, indent=1))
     return 0
 
 
