@@ -27,7 +27,17 @@ from pgps.pipeline.run_settings import run_settings
 #: _extTrainer/_compile/_n_proc_DA/_def_n_proc/_npp/_nps/_wandb_* (tests/test_hermetic_runs.py greps its
 #: sources for more); the trainers read PGPS_*; the math libraries read their thread counts and CPU kernel
 #: choice; NVIDIA/torch switches change float results on GPUs.
-STRIPPED_PREFIXES = ("PGPS_", "NNUNET_", "OMP_", "MKL_", "OPENBLAS_", "GOTO_", "BLIS_", "VECLIB_", "NUMEXPR_")
+STRIPPED_PREFIXES: tuple[str, ...] = (
+    "PGPS_",
+    "NNUNET_",
+    "OMP_",
+    "MKL_",
+    "OPENBLAS_",
+    "GOTO_",
+    "BLIS_",
+    "VECLIB_",
+    "NUMEXPR_",
+)
 STRIPPED_PREFIXES += ("ONEDNN_", "DNNL_", "TORCHINDUCTOR_")
 STRIPPED_NAMES = frozenset(
     {"ATEN_CPU_CAPABILITY", "NVIDIA_TF32_OVERRIDE", "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "CUBLAS_WORKSPACE_CONFIG"}
