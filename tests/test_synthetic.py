@@ -68,5 +68,5 @@ def test_task_lists_import_without_numerical_libraries() -> None:
         "print(len(MSD_MD5), sorted(TASK_VARIANT), sorted(VARIANTS), heavy, loaded)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    tasks = "['Task901_PGPSSynth', 'Task902_PGPSSynthAniso']"
-    assert out.strip() == f"10 {tasks} ['aniso', 'iso'] [] ['pgps', 'pgps.data', 'pgps.data.catalog']"
+    tasks = "['Task901_PGPSSynth', 'Task902_PGPSSynthAniso', 'Task903_PGPSSynthSmall']"
+    assert out.strip() == f"10 {tasks} ['aniso', 'iso', 'small'] [] ['pgps', 'pgps.data', 'pgps.data.catalog']"

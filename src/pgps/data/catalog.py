@@ -37,5 +37,6 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     "iso": Variant("Task901_PGPSSynth", (32, 32, 32), (1.0, 1.0, 1.0)),
     "aniso": Variant("Task902_PGPSSynthAniso", (16, 40, 40), (3.0, 1.0, 1.0)),
+    "small": Variant("Task903_PGPSSynthSmall", (16, 16, 16), (1.0, 1.0, 1.0)),
 }
 TASK_VARIANT = {v.task_name: k for k, v in VARIANTS.items()}

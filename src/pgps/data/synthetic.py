@@ -79,7 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder to write TaskNNN_Name/ into")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the generated cases (default 0)")
     parser.add_argument(
-        "--variant", choices=sorted(VARIANTS), default="iso", help="iso: 32x32x32 at 1 mm; aniso: 16x40x40 at 3x1x1 mm"
+        "--variant",
+        choices=sorted(VARIANTS),
+        default="iso",
+        help="iso: 32^3 at 1 mm; aniso: 16x40x40 at 3x1x1 mm; small: 16^3 at 1 mm",
     )
     parser.add_argument("--num-train", type=int, default=12, help="training cases, at least 2 (default 12)")
     parser.add_argument("--num-test", type=int, default=4, help="test cases with labels (default 4)")
