@@ -36,11 +36,12 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/mypy  # src/, configured in pyproject.toml
 
-# tests/test_core_install.py's fresh Python 3.12 venv installs in the background from collection on and
-# runs last (tests/conftest.py); --durations lists the slowest tests at the end.
+# scripts/run-tests.sh: the Docker/SLURM stages (mostly waiting: image build, queue) run beside the CPU-bound rest;
+# tests/test_core_install.py's fresh Python 3.12 venv installs in the background from collection on and runs last
+# (tests/conftest.py); each half lists its slowest tests at the end. Extra pytest arguments: make test ARGS="-x".
 test: setup system-deps
 	$(BIN)/ruff check src tests benchmarks scripts
-	$(BIN)/python -m pytest -q --timeout=1500 --durations=25
+	PY=$(BIN)/python bash scripts/run-tests.sh $(ARGS)
 
 # the fast tier: no training, no daemons
 test-fast: setup

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# `make test`: the whole suite as two pytest processes side by side, because CI's 2 cores spend much of the Docker
+# and SLURM stages waiting (image build: network and disk; SLURM: queue polls, a time limit running out) while the
+# rest is CPU-bound. Both always run to the end; the exit status fails if either failed. The daemon stages' output
+# goes to logs/test-daemons.log and is printed after the main run. Each prints its slowest tests (--durations).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+mkdir -p logs
+daemons_log=logs/test-daemons.log
+start=$(date +%s)
+
+"$PY" -m pytest -q --timeout=1500 --durations=15 -m "docker or slurm" "$@" >"$daemons_log" 2>&1 &
+daemons=$!
+trap 'kill "$daemons" 2>/dev/null; wait "$daemons" 2>/dev/null' INT TERM
+
+"$PY" -m pytest -q --timeout=1500 --durations=25 -m "not docker and not slurm" "$@"
+main_rc=$?
+wait "$daemons"
+daemons_rc=$?
+
+echo
+echo "=================== Docker and SLURM stages (ran alongside; $daemons_log) ==================="
+cat "$daemons_log"
+echo
+echo "make test: main run exit $main_rc, Docker/SLURM run exit $daemons_rc, $(($(date +%s) - start)) s in all"
+# pytest exit 5 = nothing collected for that half (e.g. a -k that selects only the other half): not a failure
+[ "$main_rc" -eq 0 ] || [ "$main_rc" -eq 5 ] || exit "$main_rc"
+[ "$daemons_rc" -eq 0 ] || [ "$daemons_rc" -eq 5 ] || exit "$daemons_rc"
