@@ -27,7 +27,7 @@ from pgps.params import Params, load_params, parse_params
 from pgps.pipeline.nnunet_cli import runtime_env, stripped
 from pgps.pipeline.run_settings import KNOB_SOURCES, RUN, RUNTIME_SOURCES, knob_env, run_settings
 from pgps.pipeline.train import run_key
-from pgps.schema import RUN_OVERRIDES, ParamsFile, TrainerEntry
+from pgps.schema import CPU_ISA_ENV, RUN_OVERRIDES, ParamsFile, TrainerEntry
 from repo_copy import copy_repository
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,10 +51,10 @@ HOSTILE = {
     "nnUNet_npp": "9",
     "nnUNet_wandb_enabled": "1",
     "nnunet_raw": "/nonexistent",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "2",
+    "MKL_NUM_THREADS": "2",
     "MKL_CBWR": "COMPATIBLE",
-    "OPENBLAS_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "2",
     "ONEDNN_MAX_CPU_ISA": "SSE41",
     "ATEN_CPU_CAPABILITY": "default",
     "NVIDIA_TF32_OVERRIDE": "0",
@@ -84,7 +84,7 @@ ALTERNATIVE: dict[str, Any] = {
     "runtime.compile": True,
     "runtime.da_workers": 2,
     "runtime.threads": 3,
-    "runtime.cpu_isa": "avx2",
+    "runtime.cpu_isa": "avx512",
     "plan.num_processes": 3,
 }
 ALL_SOURCES = {**KNOB_SOURCES, **RUNTIME_SOURCES}
@@ -177,9 +177,12 @@ def test_environment_is_the_same_whatever_the_shell_exported() -> None:
         assert {k for k in calm if k.startswith("PGPS_")} == (set() if run is None else set(DEFAULTS))
     pinned = _params(_tree_with("runtime.cpu_isa"))
     env = runtime_env(pinned, None, inherited=HOSTILE)
-    assert (env["ATEN_CPU_CAPABILITY"], env["ONEDNN_MAX_CPU_ISA"]) == ("avx2", "AVX2")
-    unpinned = runtime_env(_params(_tree_with("runtime.threads") | {"runtime": DEFAULT["runtime"] | {"threads": None}}))
-    assert not {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"} & set(unpinned)
+    assert {k: env[k] for k in CPU_ISA_ENV["avx512"]} == CPU_ISA_ENV["avx512"]
+    assert (env["ATEN_CPU_CAPABILITY"], env["ONEDNN_MAX_CPU_ISA"]) == ("avx512", "AVX512_CORE")
+    free = DEFAULT["runtime"] | {"threads": None, "cpu_isa": None}
+    unpinned = runtime_env(_params(_tree_with("runtime.threads") | {"runtime": free}), None, inherited=HOSTILE)
+    pins = {"OMP_NUM_THREADS", "MKL_NUM_THREADS", *CPU_ISA_ENV["avx2"]}
+    assert not pins & set(unpinned)  # not pinned: not set, and the shell's values stripped all the same
 
 
 _ENV_READ = re.compile(
@@ -203,7 +206,7 @@ def test_every_variable_nnunet_reads_is_stripped_or_harmless() -> None:
 
 
 # ------------------------------------------------------------------------------------ the real run
-TASK = "Task901_PGPSSynth"
+TASK = "Task903_PGPSSynthSmall"  # the default profile's task: the smallest plan
 
 
 def _shell(extra: dict[str, str]) -> dict[str, str]:
@@ -217,12 +220,17 @@ def _dvc(ws: Path, env: dict[str, str], *args: str) -> None:
     assert proc.returncode == 0, f"dvc {' '.join(args)}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
 
 
-def _outcome(ws: Path, stage: str) -> tuple[dict, dict]:
-    """(pgps_config.json, the stage's dvc.lock entry without the outputs' content hashes)."""
-    config = next((ws / "data" / "nnUNet_results").rglob("pgps_config.json"))
+def _outcome(ws: Path, stage: str) -> tuple[dict, dict, dict]:
+    """(pgps_config.json, the stage's dvc.lock entry without the outputs' content hashes, nnU-Net's final
+    validation: every Dice of every case, the bits a different thread count or CPU kernel would move)."""
+    results = ws / "data" / "nnUNet_results"
+    config = next(results.rglob("pgps_config.json"))
     lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"][stage]
     lock["outs"] = [o["path"] for o in lock["outs"]]  # logs and checkpoints carry wall-clock times
-    return json.loads(config.read_text()), lock
+    summary = json.loads(next(results.rglob("validation/summary.json")).read_text())
+    dice = {"mean": summary["foreground_mean"]["Dice"]}
+    dice |= {Path(c["prediction_file"]).name: c["metrics"] for c in summary["metric_per_case"]}
+    return json.loads(config.read_text()), lock, dice
 
 
 @pytest.mark.slow
@@ -237,7 +245,7 @@ def test_a_hostile_shell_changes_nothing_in_a_real_pipeline_run(tmp_path: Path) 
     stage = f"train@{TASK}-constant-0"
 
     _dvc(ws, _shell({}), "repro", stage)  # acquire, convert, plan, train
-    calm_config, calm_lock = _outcome(ws, stage)
+    calm_config, calm_lock, calm_dice = _outcome(ws, stage)
     knobs = calm_config["knobs"]
     assert (knobs["num_epochs"], knobs["save_every"], knobs["time_budget"], knobs["min_full_share"]) == (
         2,
@@ -247,7 +255,8 @@ def test_a_hostile_shell_changes_nothing_in_a_real_pipeline_run(tmp_path: Path) 
     )
     shutil.rmtree(ws / "data" / "nnUNet_results")
     _dvc(ws, _shell(HOSTILE), "repro", "--force", "--single-item", stage)
-    hostile_config, hostile_lock = _outcome(ws, stage)
+    hostile_config, hostile_lock, hostile_dice = _outcome(ws, stage)
     assert hostile_config == calm_config
     assert hostile_lock == calm_lock
+    assert hostile_dice == calm_dice  # the same bits although the shell asked for other threads and kernels
     assert load_params(ws / "params.yaml").trainer("constant").budget.epochs == 2

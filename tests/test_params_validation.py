@@ -86,7 +86,13 @@ def test_shipped_params_and_profiles_are_valid() -> None:
         0.25,
         "stage",
     )
-    assert default.runtime == {"compile": False, "da_workers": 0, "cuda_graphs": False, "threads": 2, "cpu_isa": None}
+    # the default profile's bits: one thread (the same sums in the same order anywhere), AVX2 kernels on any x86-64
+    assert default.runtime == {"compile": False, "da_workers": 0, "cuda_graphs": False, "threads": 1, "cpu_isa": "avx2"}
+    assert len(default.folds) >= 3 and default.trainers[default.baseline].trainer_class.endswith("Constant")
+    reduced = [s for s in default.trainers.values() if s.trainer_class.endswith("Constant") and s.name != "constant"]
+    assert [s.budget.iters_per_epoch / budget.iters_per_epoch for s in reduced] == [0.4375]  # PGPS's 0.44, rounded
+    smoke = load_params(ROOT / "profiles" / "smoke.yaml")
+    assert smoke.folds == (0,) and smoke.tasks == ("Task901_PGPSSynth",)
     full = load_params(ROOT / "profiles" / "full.yaml")
     assert len(full.tasks) == 10 and full.folds == (0, 1, 2, 3, 4) and full.device == "cuda"
     assert (full.budget.epochs, full.budget.iters_per_epoch) == (1000, 250)
@@ -166,7 +172,7 @@ BAD = [
     ("budget.save_every", "DELETE", "budget.save_every", "missing"),
     ("budget.time_budget", "30 s", "budget.time_budget", "a duration such as 2.5h"),
     ("budget.time_budget", "600s\n", "budget.time_budget", r"got '600s\n'"),
-    ("budget.time_budget", "0s", "budget.time_budget", "must be positive"),
+    ("budget.time_budget", "0s", "budget.time_budget", "a positive duration"),
     ("budget.time_budget", "9999h", "budget.time_budget", "a year"),
     ("budget.time_budget", "101x", "budget.time_budget", "no budget"),
     ("budget.time_budget", False, "budget.time_budget", "quote the word"),

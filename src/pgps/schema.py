@@ -39,12 +39,31 @@ DEVICES = ("cpu", "cuda")
 DRY_RUN = ("auto", "on", "off")
 AUGMENTATION = ("stage", "planned")
 NUM_FOLDS = 5  # nnU-Net's default cross-validation split
-#: runtime.cpu_isa -> the variables that pin the CPU kernels torch (ATen) and oneDNN choose; the bits of CPU
-#: float results depend on that choice
+#: runtime.cpu_isa -> the variables that pin the CPU kernels the math libraries choose by CPU: torch's own
+#: (ATen), oneDNN's (convolutions), MKL's (BLAS; CBWR = its reproducible code path) and OpenBLAS's (numpy).
+#: The bits of CPU float results depend on that choice; a CPU without the instructions cannot run the pin.
 CPU_ISA_ENV: dict[str, dict[str, str]] = {
-    "sse41": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-    "avx512": {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
+    "sse41": {
+        "ATEN_CPU_CAPABILITY": "default",
+        "ONEDNN_MAX_CPU_ISA": "SSE41",
+        "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+        "MKL_CBWR": "SSE4_2",
+        "OPENBLAS_CORETYPE": "Nehalem",
+    },
+    "avx2": {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "MKL_CBWR": "AVX2",
+        "OPENBLAS_CORETYPE": "Haswell",
+    },
+    "avx512": {
+        "ATEN_CPU_CAPABILITY": "avx512",
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+        "MKL_CBWR": "AVX512",
+        "OPENBLAS_CORETYPE": "SkylakeX",
+    },
 }
 
 # ------------------------------------------------------------------------------------ upper bounds
@@ -103,15 +122,11 @@ def _unique(what: str) -> AfterValidator:
     return _check(lambda v: len(set(v)) == len(v), lambda v: f"lists {what} {show(first_repeat(v))} twice")
 
 
-def _int(low: int, high: int, why: str) -> Any:
-    return Annotated[int, Field(ge=low), _at_most(high, why)]
-
-
-Seed = _int(0, MAX_SEED, "numpy seeds mod 2**32")
-Epochs = _int(1, MAX_EPOCHS, "100x the paper's 1000 epochs")
-Iterations = _int(1, MAX_ITERS, "4000x the paper's 250 iterations")
-Processes = _int(1, MAX_PROCESSES, "more than any node's cores")
-Workers = _int(0, MAX_PROCESSES, "more than any node's cores")
+Seed = Annotated[int, Field(ge=0), _at_most(MAX_SEED, "numpy seeds mod 2**32")]
+Epochs = Annotated[int, Field(ge=1), _at_most(MAX_EPOCHS, "100x the paper's 1000 epochs")]
+Iterations = Annotated[int, Field(ge=1), _at_most(MAX_ITERS, "4000x the paper's 250 iterations")]
+Processes = Annotated[int, Field(ge=1), _at_most(MAX_PROCESSES, "more than any node's cores")]
+Workers = Annotated[int, Field(ge=0), _at_most(MAX_PROCESSES, "more than any node's cores")]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 Fraction = Annotated[float, _check(lambda v: 0 < v <= 1, lambda v: f"must be a fraction in (0, 1], got {show(v)}")]
 RunName = Annotated[
@@ -152,14 +167,16 @@ def _time_budget(value: str) -> str:
         raise ValueError(
             f"must be null, off, a duration such as 2.5h, 90m or 600s, or a fraction such as 0.5x; got {show(value)}"
         )
+    if value != "off":  # the upper bounds first, in this file's words; the trainers' parser says the rest
+        number, unit = float(value[:-1]), value[-1]
+        if unit == "x" and number > MAX_BUDGET_X:
+            raise ValueError(f"must be <= {MAX_BUDGET_X:g}x (that is no budget), got {show(value)}")
+        if unit != "x" and number * {"h": 3600, "m": 60, "s": 1}[unit] > MAX_BUDGET_S:
+            raise ValueError(f"must be <= {MAX_BUDGET_S}s (a year), got {show(value)}")
     try:
-        normal = parse_time_budget(value)
-    except PGPSError:
-        raise ValueError(f"must be positive, got {show(value)}") from None
-    if normal.endswith("x") and float(normal[:-1]) > MAX_BUDGET_X:
-        raise ValueError(f"must be <= {MAX_BUDGET_X:g}x (that is no budget), got {show(value)}")
-    if normal.endswith("s") and float(normal[:-1]) > MAX_BUDGET_S:
-        raise ValueError(f"must be <= {MAX_BUDGET_S}s (a year), got {show(value)}")
+        parse_time_budget(value)
+    except PGPSError as exc:
+        raise ValueError(f"{str(exc).split(': ', 1)[-1]}; got {show(value)}") from None
     return value
 
 
@@ -304,10 +321,10 @@ class ReportSection(_Section):
 class ResourcesSpec(_Section):
     """One job's request; an absent key keeps the default request's value."""
 
-    cpus: _int(1, MAX_CPUS, "more than any node") = None
+    cpus: Annotated[int, Field(ge=1), _at_most(MAX_CPUS, "more than any node")] = None
     mem_gb: Annotated[float, Field(gt=0), _at_most(MAX_MEM_GB, "64 TiB, more than any node")] = None
-    gpus: _int(0, MAX_GPUS, "more than any node") = None
-    time_min: _int(1, MAX_TIME_MIN, "a year") = None
+    gpus: Annotated[int, Field(ge=0), _at_most(MAX_GPUS, "more than any node")] = None
+    time_min: Annotated[int, Field(ge=1), _at_most(MAX_TIME_MIN, "a year")] = None
 
 
 class GridSection(_Section):
@@ -321,9 +338,13 @@ class GridSection(_Section):
     sbatch_extra: Annotated[list[SbatchOption], _unique("the option")] = None
     default: ResourcesSpec | None = None
     stages: dict[StageName, ResourcesSpec | None] = None
-    signal_delay_s: _int(1, MAX_SIGNAL_S, "a day") = None
-    max_requeues: _int(0, MAX_REQUEUES, "a job timed out that often will not finish") = None
-    array_parallelism: _int(1, MAX_ARRAY, "SLURM's MaxArraySize tops out at 4000001") = None
+    signal_delay_s: Annotated[int, Field(ge=1), _at_most(MAX_SIGNAL_S, "a day")] = None
+    max_requeues: Annotated[int, Field(ge=0), _at_most(MAX_REQUEUES, "a job timed out that often will not finish")] = (
+        None
+    )
+    array_parallelism: Annotated[int, Field(ge=1), _at_most(MAX_ARRAY, "SLURM's MaxArraySize tops out at 4000001")] = (
+        None
+    )
 
 
 class ParamsFile(_Section):

@@ -70,8 +70,7 @@ RUNTIME_SOURCES: dict[str, Source] = {
     "OMP_NUM_THREADS": Source(("runtime.threads",), _threads),
     "MKL_NUM_THREADS": Source(("runtime.threads",), _threads),
     "OPENBLAS_NUM_THREADS": Source(("runtime.threads",), _threads),
-    "ATEN_CPU_CAPABILITY": Source(("runtime.cpu_isa",), _isa("ATEN_CPU_CAPABILITY")),
-    "ONEDNN_MAX_CPU_ISA": Source(("runtime.cpu_isa",), _isa("ONEDNN_MAX_CPU_ISA")),
+    **{name: Source(("runtime.cpu_isa",), _isa(name)) for name in CPU_ISA_ENV["avx2"]},
 }
 
 
