@@ -12,7 +12,7 @@ export nnUNet_n_proc_DA ?= 0
 export nnUNet_def_n_proc ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup system-deps reproduce test test-fast lint lock bench clean
+.PHONY: setup system-deps reproduce test test-exact test-fast lint lock bench clean
 
 setup: $(STAMP)
 
@@ -43,9 +43,14 @@ test: setup system-deps
 	$(BIN)/ruff check src tests benchmarks scripts
 	PY=$(BIN)/python bash scripts/run-tests.sh $(ARGS)
 
+# exact re-execution of the default profile against the committed results/metrics.json and dvc.lock (~30 min on
+# 2 cores, so not part of make test)
+test-exact: setup
+	$(BIN)/python -m pytest -q --timeout=5400 -m exact
+
 # the fast tier: no training, no daemons
 test-fast: setup
-	$(BIN)/python -m pytest -q --durations=10 -m "not slow and not docker and not slurm and not core_install"
+	$(BIN)/python -m pytest -q --durations=10 -m "not slow and not docker and not slurm and not core_install and not exact"
 
 bench: setup
 	$(BIN)/python benchmarks/run_benchmark.py
