@@ -128,10 +128,11 @@ def test_affine_fit_smooths_one_outlier_and_falls_back() -> None:
     assert affine_fit(voxels, [5.0, 4.0, 3.0, 2.0, 1.0]) == [5.0, 4.0, 3.0, 2.0, 1.0]  # falling: raw numbers
 
 
-def test_first_plan_and_its_round_trip_through_json() -> None:
-    plan = first_plan(
+def _plan(time_budget: str) -> TimePlan:
+    """The first plan for COSTS at 1000 epochs x 10 iterations, 2 validation iterations, 3 s of warm-up."""
+    return first_plan(
         COSTS,
-        time_budget="100s",
+        time_budget=time_budget,
         num_epochs=1000,
         iters_per_epoch=10,
         val_iters=2,
@@ -139,6 +140,10 @@ def test_first_plan_and_its_round_trip_through_json() -> None:
         min_full_share=0.25,
         warmup_seconds=3.0,
     )
+
+
+def test_first_plan_and_its_round_trip_through_json() -> None:
+    plan = _plan("100s")
     assert plan.budget_seconds == 100.0 and plan.predicted_seconds <= 100.0
     assert plan.stage_indices == [0, 1, 2] and plan.stage_epochs[-1] >= 0.25 * plan.num_epochs
     # fixed: 3 loader builds + 3 first-step extras
@@ -159,16 +164,7 @@ def test_first_plan_and_its_round_trip_through_json() -> None:
 def test_a_budget_below_one_full_epoch_trains_that_epoch_over_budget() -> None:
     """Every budget that parses works (issue 15): none fails after the warm-up; one epoch at the full
     patch (10 iterations of 1.0 s alone exceed 5 s), predicted over the budget for the trainer's log."""
-    plan = first_plan(
-        COSTS,
-        time_budget="5s",
-        num_epochs=1000,
-        iters_per_epoch=10,
-        val_iters=2,
-        save_every=1,
-        min_full_share=0.25,
-        warmup_seconds=3.0,
-    )
+    plan = _plan("5s")
     assert (plan.stage_indices, plan.stage_epochs, plan.budget_seconds) == ([2], [1], 5.0)
     assert plan.epoch_seconds[2] > 10.0
     assert plan.predicted_seconds == pytest.approx(0.2 + 0.5 + plan.epoch_seconds[2])
