@@ -247,6 +247,8 @@ def test_a_hostile_shell_changes_nothing_in_a_real_pipeline_run(tmp_path: Path) 
     _dvc(ws, _shell({}), "repro", stage)  # acquire, convert, plan, train
     calm_config, calm_lock, calm_dice = _outcome(ws, stage)
     knobs = calm_config["knobs"]
+    # torch's threads follow params.yaml, not nnU-Net's CLI (which sets the core count): pgps.nnunet.cpu_threads
+    assert calm_config["cpu_threads"] == DEFAULT["runtime"]["threads"] == 1
     assert (knobs["num_epochs"], knobs["save_every"], knobs["time_budget"], knobs["min_full_share"]) == (
         2,
         1,

@@ -31,6 +31,7 @@ from pgps.nnunet import checkpoint
 from pgps.nnunet.augmentation import augmentation_record, rule_for
 from pgps.nnunet.clock import PhaseTimes, epoch_times, resumed_epochs
 from pgps.nnunet.compiling import configure_static_recompiles
+from pgps.nnunet.cpu_threads import pin_cpu_threads
 from pgps.nnunet.cuda_graphs import GraphedTrainStep, losses_to_host, make_graphed_step
 from pgps.nnunet.dryrun import dry_run, unwrap
 from pgps.nnunet.energy import StageEnergy, tracking_mode
@@ -80,6 +81,7 @@ class PGPSTrainerBase(nnUNetTrainer):
         device: torch.device = _CUDA,
     ) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
+        self.pgps_cpu_threads = pin_cpu_threads(self.device)  # nnU-Net's CLI set the core count (cpu_threads.py)
         if self.pgps_oversample is not None:
             self.oversample_foreground_percent = self.pgps_oversample
         self.pgps_global_oversample = self.oversample_foreground_percent

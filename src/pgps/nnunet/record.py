@@ -151,6 +151,7 @@ def run_config(trainer: PGPSTrainerBase, codecarbon_mode: str | None) -> dict:
         "configuration": trainer.configuration_name,
         "plans": trainer.plans_manager.plans_name,
         "device": str(trainer.device),
+        "cpu_threads": trainer.pgps_cpu_threads,  # torch's intra-op threads on the CPU (None: nnU-Net's choice)
         "world_size": trainer.pgps_world[0],
         "versions": {"torch": torch.__version__, "nnunetv2": getattr(nnunetv2, "__version__", "2.8.x")},
         "dry_runs": trainer.pgps_dry_runs,
