@@ -6,6 +6,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+# One math thread per process: the two halves, the Docker container's and the SLURM jobs' trainings share 2 cores,
+# and OpenMP threads that spin on a core another process needs made each training several times slower (measured:
+# 6-9x for two 2-thread trainings side by side). PGPS trainers follow OMP_NUM_THREADS on the CPU
+# (pgps.nnunet.cpu_threads); pipeline runs take their threads from params.yaml whatever this says.
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 mkdir -p logs
 daemons_log=logs/test-daemons.log
 start=$(date +%s)

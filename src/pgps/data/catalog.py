@@ -32,11 +32,15 @@ class Variant:
     task_name: str
     shape: tuple[int, int, int]  # (z, y, x) voxels
     spacing: tuple[float, float, float]  # (z, y, x) mm
+    num_train: int = 12  # training cases (the default profile's folds each hold out a fifth of them)
+    lesions: tuple[int, int] = (1, 2)  # least and most lesions per case
+    lesion_scale: tuple[float, float] = (0.35, 0.55)  # lesion radii as a share of the organ's, drawn per axis
 
 
 VARIANTS: dict[str, Variant] = {
     "iso": Variant("Task901_PGPSSynth", (32, 32, 32), (1.0, 1.0, 1.0)),
     "aniso": Variant("Task902_PGPSSynthAniso", (16, 40, 40), (3.0, 1.0, 1.0)),
-    "small": Variant("Task903_PGPSSynthSmall", (16, 16, 16), (1.0, 1.0, 1.0)),
+    # the default profile's task: one lesion per case, larger than the others' (converges in a short CPU run)
+    "small": Variant("Task903_PGPSSynthSmall", (16, 16, 16), (1.0, 1.0, 1.0), 20, (1, 1), (0.6, 0.8)),
 }
 TASK_VARIANT = {v.task_name: k for k, v in VARIANTS.items()}

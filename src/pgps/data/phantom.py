@@ -46,9 +46,10 @@ def make_case(rng: np.random.Generator, variant: Variant) -> tuple[np.ndarray, n
     organ_radii = extent * rng.uniform(0.2, 0.3, size=3)
     organ = _shape_mask(grid, organ_center, organ_radii, rng.choice(["ellipsoid", "box"]))
     label[organ] = 1
-    for _ in range(rng.integers(1, 3)):
+    low, high = variant.lesions
+    for _ in range(rng.integers(low, high + 1)):
         c = organ_center + organ_radii * rng.uniform(-0.45, 0.45, size=3)
-        r = np.maximum(organ_radii * rng.uniform(0.35, 0.55, size=3), np.array(spacing) * 1.2)
+        r = np.maximum(organ_radii * rng.uniform(*variant.lesion_scale, size=3), np.array(spacing) * 1.2)
         label[_shape_mask(grid, c, r, "ellipsoid") & organ] = 2
 
     # an unlabelled bright distractor in a corner region, so "bright = organ" is not enough

@@ -30,10 +30,12 @@ from pgps.errors import PGPSError
 from pgps.fileio import atomic_dir, clean_partials, dumps_json
 
 
-def make_task(out_dir: Path, seed: int, variant: str = "iso", num_train: int = 12, num_test: int = 4) -> Path:
-    """Write ``out_dir/<TaskNNN_Name>``: built in a temp folder beside it, then swapped in as one step."""
+def make_task(out_dir: Path, seed: int, variant: str = "iso", num_train: int | None = None, num_test: int = 4) -> Path:
+    """Write ``out_dir/<TaskNNN_Name>``: built in a temp folder beside it, then swapped in as one step.
+    ``num_train`` defaults to the variant's."""
     if variant not in VARIANTS:
         raise PGPSError(f"unknown synthetic variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    num_train = VARIANTS[variant].num_train if num_train is None else num_train
     if num_train < 2 or num_test < 0:
         raise PGPSError(f"need at least 2 training cases and >= 0 test cases, got {num_train}/{num_test}")
     from pgps.data.phantom import case_rngs, make_case, nifti_bytes
@@ -84,7 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="iso",
         help="iso: 32^3 at 1 mm; aniso: 16x40x40 at 3x1x1 mm; small: 16^3 at 1 mm",
     )
-    parser.add_argument("--num-train", type=int, default=12, help="training cases, at least 2 (default 12)")
+    parser.add_argument(
+        "--num-train", type=int, default=None, help="training cases, at least 2 (default: the variant's, 12 or 20)"
+    )
     parser.add_argument("--num-test", type=int, default=4, help="test cases with labels (default 4)")
 
 
