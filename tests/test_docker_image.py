@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import pgps
 from test_grid_helpers import PREPARED_STAGES, copy_prepared, prepared_smoke_task, smoke_reference_dir
@@ -310,9 +311,19 @@ def test_reproduce_in_container_without_network(
     TIMINGS["reproduce_in_container_s"] = round(time.monotonic() - start, 1)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     assert f"user {uid}:{gid}" in proc.stdout  # the launcher's own summary line
-    for stage in PREPARED_STAGES:  # prepared on the host, the same code in the image: DVC skips them
+    # prepared on the host, the same code in the image: DVC skips them. With one thread per stage on 2 cores
+    # `pgps reproduce` runs stages side by side and lists exactly those DVC would run ("+ N stages ..."); with
+    # one stage at a time it runs `dvc repro`, which says it skips them.
+    side_by_side = re.search(r"^\+ (\d+) stages of dvc\.yaml", proc.stdout, re.MULTILINE)
+    for stage in PREPARED_STAGES:
         assert f"Running stage '{stage}@" not in proc.stdout
-        assert f"Stage '{stage}@Task901_PGPSSynth' didn't change, skipping" in proc.stdout, proc.stdout[-3000:]
+        if side_by_side:
+            assert not re.search(rf"^\[\d+/\d+\] {stage} ", proc.stdout, re.MULTILINE), proc.stdout[-3000:]
+        else:
+            assert f"Stage '{stage}@Task901_PGPSSynth' didn't change, skipping" in proc.stdout, proc.stdout[-3000:]
+    if side_by_side:  # the trainings, their evaluations and the report, nothing else
+        smoke = yaml.safe_load((ws / "params.yaml").read_text())
+        assert int(side_by_side[1]) == 2 * len(smoke["trainers"]) * len(smoke["folds"]) + 1, proc.stdout[-3000:]
     # DVC locked every stage, the report came back
     lock = (ws / "dvc.lock").read_text()
     for stage in ("acquire@", "convert@", "plan@", "train@", "evaluate@", "report"):
