@@ -36,8 +36,8 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/mypy  # src/, configured in pyproject.toml
 
-# scripts/run-tests.sh: three pytest processes side by side -- the Docker/SLURM stages (mostly waiting: image build,
-# queue), the longest pipeline files, the rest -- one math thread each;
+# scripts/run-tests.sh: the Docker/SLURM stages (mostly waiting: image build, queue) run beside the CPU-bound rest,
+# one math thread per process (a third group was measured slower: 2060 s against 1555 s);
 # tests/test_core_install.py's fresh Python 3.12 venv installs in the background from collection on and runs last
 # (tests/conftest.py); each half lists its slowest tests at the end. Extra pytest arguments: make test ARGS="-x".
 test: setup system-deps
