@@ -11,6 +11,9 @@ PY=${PY:-.venv/bin/python}
 # 6-9x for two 2-thread trainings side by side). PGPS trainers follow OMP_NUM_THREADS on the CPU
 # (pgps.nnunet.cpu_threads); pipeline runs take their threads from params.yaml whatever this says.
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+# One worker in each of nnU-Net's spawn pools (validation export, metrics, preprocessing): each worker imports torch
+# (~3.5 CPU-s); with 2 a training's final validation cost 32 CPU-s, with 1 23 s (tests/test_trainer_fixtures.CPU_ENV).
+export nnUNet_def_n_proc=1
 mkdir -p logs
 daemons_log=logs/test-daemons.log
 start=$(date +%s)

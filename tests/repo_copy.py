@@ -1,11 +1,18 @@
 """What a fresh clone sees: the repository's tracked + untracked-but-not-ignored files, copied into a
-new git repository with one commit (DVC and `pgps reproduce` run there, never in the working tree)."""
+new git repository with one commit (DVC and `pgps reproduce` run there, never in the working tree); and such a
+copy with some stages already run, shared by the tests of one session."""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,3 +35,41 @@ def copy_repository(dst: Path) -> Path:
     subprocess.run([*git, "add", "-A"], cwd=dst, check=True)
     subprocess.run([*git, "commit", "-q", "-m", "fresh copy"], cwd=dst, check=True)
     return dst
+
+
+def calm_shell() -> dict[str, str]:
+    """The caller's environment minus everything the pipeline strips anyway, this venv first on PATH."""
+    from pgps.pipeline.nnunet_cli import stripped
+
+    env = {k: v for k, v in os.environ.items() if not stripped(k)}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def prepared_repository(tmp_path_factory: pytest.TempPathFactory, *targets: str) -> Path:
+    """A fresh copy of the repository (its params.yaml: the default profile) with ``dvc repro TARGETS`` run from a
+    calm shell, made once per test session and shared (CI time: the default task's acquire, convert and plan took
+    ~60 s on 2 busy cores, and two tests need them). The first caller makes it under a file lock, later callers of
+    the same targets wait for it. Read-only for its users: take a private copy with :func:`private_copy`."""
+    base = tmp_path_factory.getbasetemp()
+    key = hashlib.sha256("\0".join(targets).encode()).hexdigest()[:10]
+    root, done = base / f"prepared-{key}", base / f"prepared-{key}.done"
+    with (base / f"prepared-{key}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            copy_repository(root)
+            proc = subprocess.run(
+                [str(Path(sys.executable).parent / "dvc"), "repro", *targets],
+                cwd=root, env=calm_shell(), capture_output=True, text=True, timeout=1800,
+            )  # fmt: skip
+            assert proc.returncode == 0, f"dvc repro {' '.join(targets)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            done.write_text(proc.stdout)
+    return root
+
+
+def private_copy(prepared: Path, dest: Path) -> Path:
+    """A copy of a prepared repository that a test may change (the git repository, DVC's cache and lock with it)."""
+    shutil.copytree(prepared, dest, symlinks=True)
+    return dest

@@ -211,7 +211,7 @@ def _core_env(core_bin: Path, root: Path, results: Path, **extra: str) -> dict[s
     assert env["nnUNet_extTrainer"] == str(
         core_bin.parent / "lib" / f"python{_minor(core_bin)}" / "site-packages" / "pgps" / "trainers"
     )
-    env.update(CPU_ENV, nnUNet_def_n_proc="1", nnUNet_results=str(results), **extra)
+    env.update(CPU_ENV, nnUNet_results=str(results), **extra)
     return env
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from test_trainer_fixtures import CPU_ENV
+
 VENV_BIN = Path(sys.executable).parent
 
 TOY_TRAIN = textwrap.dedent(
@@ -177,7 +179,6 @@ def structure(obj: object) -> object:
 # ------------------------------------------------------- the smoke task, prepared once and shared (CI time)
 
 SMOKE_PROFILE = REPO / "profiles" / "smoke.yaml"
-CPU_ENV = {"nnUNet_compile": "f", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "2"}
 PREPARED_STAGES = ("acquire", "convert", "plan")
 
 

@@ -11,9 +11,7 @@ import time
 from pathlib import Path
 
 from pgps.grid.runner import read_attempts
-from test_grid_helpers import VENV_BIN, assert_record_complete, dvc_status, make_toy_repo, pgps, read_record
-
-CPU_ENV = {"nnUNet_compile": "f", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "2"}
+from test_grid_helpers import CPU_ENV, VENV_BIN, assert_record_complete, dvc_status, make_toy_repo, pgps, read_record
 
 
 def _intervals(folder: Path, names: list[str]) -> dict[str, tuple[float, float, str | None]]:

@@ -2,9 +2,9 @@
 (PGPS_TIME_BUDGET, nnUNet_compile, OMP_NUM_THREADS, ...) reaches nnU-Net, every trainer knob is set from
 params, and the run's identity (resume key, the train stage's DVC params) covers every knob.
 
-Fast unit tests of the environment builder, plus one real pipeline run (slow: acquire, convert, plan and two
-tiny trainings; minutes): the train stage of a one-run pipeline by ``dvc repro``, then again with a hostile
-shell; pgps_config.json and the stage's dvc.lock entry must not change."""
+Fast unit tests of the environment builder, plus one real pipeline run (slow: two tiny trainings on the default
+task, prepared once per session): the train stage of a one-run pipeline by ``dvc repro``, then again with a hostile
+shell; pgps_config.json, the stage's dvc.lock entry and every Dice must not change."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from pgps.pipeline.nnunet_cli import runtime_env, stripped
 from pgps.pipeline.run_settings import KNOB_SOURCES, RUN, RUNTIME_SOURCES, knob_env, run_settings
 from pgps.pipeline.train import run_key
 from pgps.schema import CPU_ISA_ENV, RUN_OVERRIDES, ParamsFile, TrainerEntry
-from repo_copy import copy_repository
+from repo_copy import prepared_repository, private_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -234,17 +234,20 @@ def _outcome(ws: Path, stage: str) -> tuple[dict, dict, dict]:
 
 
 @pytest.mark.slow
-def test_a_hostile_shell_changes_nothing_in_a_real_pipeline_run(tmp_path: Path) -> None:
-    ws = tmp_path / "repo"
-    ws.mkdir()
-    copy_repository(ws)
+def test_a_hostile_shell_changes_nothing_in_a_real_pipeline_run(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The default task's data stages from a calm shell (shared with test_pipeline_dvc.py; their outputs equal the
+    committed dvc.lock, made from a hostile shell: checked there), then one tiny training from a calm shell and
+    again from a hostile one."""
+    ws = private_copy(prepared_repository(tmp_path_factory, f"plan@{TASK}"), tmp_path / "repo")
     tree = copy.deepcopy(DEFAULT)
     tree.update(tasks=[TASK], folds=[0], trainers={"constant": {"class": "nnUNetTrainerConstant"}}, baseline="constant")
     tree["budget"].update(epochs=2, iters_per_epoch=1, val_iters=1)
     (ws / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
     stage = f"train@{TASK}-constant-0"
 
-    _dvc(ws, _shell({}), "repro", stage)  # acquire, convert, plan, train
+    _dvc(ws, _shell({}), "repro", stage)  # the data stages are done (same params): train only
     calm_config, calm_lock, calm_dice = _outcome(ws, stage)
     knobs = calm_config["knobs"]
     # torch's threads follow params.yaml, not nnU-Net's CLI (which sets the core count): pgps.nnunet.cpu_threads

@@ -27,11 +27,12 @@ import pytest
 import yaml
 
 from pgps.pipeline.stage_progress import describe
-from repo_copy import copy_repository
+from repo_copy import copy_repository, prepared_repository, private_copy
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
 STAGE_RE = re.compile(r"^Running stage '([^']+)'", re.MULTILINE)
 PROGRESS_RE = re.compile(r"^\[(\d+)/(\d+)\] (.+?) \| ", re.MULTILINE)
 UP_TO_DATE = "Data and pipelines are up to date."
@@ -150,16 +151,19 @@ def test_default_profile_reproduces_the_committed_metrics(tmp_path_factory: pyte
 
 def test_one_default_training_reproduces_the_committed_bits(tmp_path_factory: pytest.TempPathFactory) -> None:
     """CI's share of exact re-execution (the whole default profile is `make test-exact`, about 9 minutes): on a clean
-    copy, from a shell exporting other threads, CPU kernels and budget (HOSTILE_ENV), `dvc repro` of one PGPS
-    training of the default profile and its evaluation. The data stages' outputs hash to the committed dvc.lock, the
+    copy whose data stages ran from a calm shell (shared with tests/test_hermetic_runs.py), `dvc repro` of one PGPS
+    training of the default profile and its evaluation from a shell exporting other threads, CPU kernels and budget
+    (HOSTILE_ENV). The data stages' outputs hash to the committed dvc.lock (made from a hostile shell), the
     training's lock entry (command, deps, params) is the committed one, and its held-out Dice equals the committed
     results/metrics.json to the last bit."""
-    ws = tmp_path_factory.mktemp("default-one") / "repo"
-    ws.mkdir()
-    copy_repository(ws)
+    tasks = yaml.safe_load((ROOT / "params.yaml").read_text())["tasks"]
+    prepared = prepared_repository(tmp_path_factory, *(f"plan@{task}" for task in tasks))
+    ws = private_copy(prepared, tmp_path_factory.mktemp("default-one") / "repo")
     params = yaml.safe_load((ws / "params.yaml").read_text())
     task, run, fold = params["tasks"][0], "pgps", params["folds"][0]
-    committed = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
+    git_show = ["git", "show", "HEAD:dvc.lock"]
+    committed = yaml.safe_load(subprocess.run(git_show, cwd=ws, capture_output=True, text=True, check=True).stdout)
+    committed = committed["stages"]
     _run([str(BIN / "dvc"), "repro", f"evaluate@{task}-{run}-{fold}"], ws, env=HOSTILE_ENV)
     lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
     for stage in (f"acquire@{task}", f"convert@{task}", f"plan@{task}"):

@@ -22,7 +22,11 @@ from pgps.paths import TRAINERS_DIR
 BIN = Path(sys.executable).parent
 DATASET_ID = 901
 DATASET = "Dataset901_PGPSSynth"
-CPU_ENV = {"nnUNet_compile": "f", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "2", "PYTHONUNBUFFERED": "1"}
+#: nnU-Net on the CPU in tests: no torch.compile, augmentation in-process, and ONE worker in each of nnU-Net's spawn
+#: pools (final validation's export pool, its metrics pool, preprocessing): every worker imports torch (~3.5 CPU-s), and
+#: a training's final validation took 32 CPU-s with 2 workers against 23 s with 1 (measured, smoke task, --val) -- the
+#: suite runs ~70 of them. The worker count changes no result (each case is exported and scored on its own).
+CPU_ENV = {"nnUNet_compile": "f", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def nnunet_env(root: Path, results: Path | None = None, **knobs: str) -> dict[str, str]:

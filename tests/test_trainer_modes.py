@@ -20,7 +20,7 @@ import torch
 
 from pgps.nnunet.dryrun import dry_run, synthetic_batch
 from pgps.nnunet.loaders import MultiCropDataLoader, build_train_loader, finish_loader
-from test_trainer_fixtures import DATASET, fold_dir, load_plans, read_record, reduced_root, with_configuration
+from test_trainer_fixtures import CPU_ENV, DATASET, fold_dir, load_plans, read_record, reduced_root, with_configuration
 
 pytestmark = pytest.mark.slow
 
@@ -43,9 +43,7 @@ def make_trainer(
         "nnUNet_raw": str(root / "nnUNet_raw"),
         "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
         "nnUNet_results": str(results),
-        "nnUNet_compile": "f",
-        "nnUNet_n_proc_DA": "0",
-        "nnUNet_def_n_proc": "2",
+        **CPU_ENV,
         "PGPS_NUM_EPOCHS": "3",
         "PGPS_ITERS_PER_EPOCH": "2",
         "PGPS_VAL_ITERS": "1",

@@ -107,8 +107,9 @@ def base_env(work: Path, dry: bool, results: str = "nnUNet_results") -> dict[str
         nnUNet_results=str(work / results),
         nnUNet_extTrainer=str(HERE / "probe"),
     )
-    if dry:  # the CPU: nnU-Net's CPU settings; one thread (OpenMP spin-waits badly on a shared 2-core box)
-        env.update(nnUNet_compile="f", nnUNet_n_proc_DA="0", nnUNet_def_n_proc="2")
+    if dry:  # the CPU: nnU-Net's CPU settings; one thread (OpenMP spin-waits badly on a shared 2-core box), one
+        # worker per nnU-Net spawn pool (each imports torch: the validations' pools were most of the dry run's CPU)
+        env.update(nnUNet_compile="f", nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1")
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return env
 
