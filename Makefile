@@ -40,7 +40,8 @@ lint: setup
 # one math thread per process (a third group was measured slower: 2060 s against 1555 s);
 # tests/test_core_install.py's fresh Python 3.12 venv installs in the background from collection on and runs last
 # (tests/conftest.py); each half lists its slowest tests at the end. Extra pytest arguments: make test ARGS="-x".
-test: setup system-deps
+test:
+	@$(MAKE) --no-print-directory -j2 setup system-deps  # pip's venv and apt's packages side by side (CI set-up)
 	$(BIN)/ruff check src tests benchmarks scripts
 	PY=$(BIN)/python bash scripts/run-tests.sh $(ARGS)
 

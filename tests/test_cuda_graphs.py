@@ -234,6 +234,7 @@ def test_losses_to_host_feeds_nnunets_epoch_end(trainer) -> None:
 
 
 # ---------------------------------------------------------------- the prepared device check (issue 17.1)
+@pytest.mark.beside_daemons  # make test: in the Docker/SLURM process (CI balance)
 def test_device_check_dry_run_on_cpu_and_its_imports(tmp_path: Path) -> None:
     """benchmarks/gpu/device_check.py end to end on the CPU: a NibabelIO dataset planned by
     nnU-Net, every phase (step timings, PGPS killed at an epoch line and resumed with --c, final

@@ -239,6 +239,7 @@ def test_dry_run_lists_jobs_requests_and_order(tmp_path: Path) -> None:
     assert not (repo / "logs").exists()  # nothing submitted, nothing written
 
 
+@pytest.mark.beside_daemons  # make test: in the Docker/SLURM process (CI balance)
 def test_full_profile_dry_run_is_the_papers_grid_on_gpus(tmp_path: Path) -> None:
     """`--profile full` applies the profile as `pgps reproduce` does; every run becomes one GPU job."""
     repo = copy_pipeline_repo(tmp_path / "repo", {})

@@ -10,8 +10,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from pgps.grid.runner import read_attempts
 from test_grid_helpers import CPU_ENV, VENV_BIN, assert_record_complete, dvc_status, make_toy_repo, pgps, read_record
+
+pytestmark = pytest.mark.beside_daemons  # make test: in the Docker/SLURM process (CI balance)
 
 
 def _intervals(folder: Path, names: list[str]) -> dict[str, tuple[float, float, str | None]]:
