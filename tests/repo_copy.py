@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -46,27 +47,41 @@ def calm_shell() -> dict[str, str]:
     return env
 
 
+def once_per_session(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]) -> Path:
+    """``basetemp/name``, made by ``make(folder)`` once per test session: the first caller makes it under a file
+    lock, later callers wait for it and get it as made. Read-only for its users (take a :func:`private_copy`)."""
+    base = tmp_path_factory.getbasetemp()
+    root, done = base / name, base / f"{name}.done"
+    with (base / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_file():
+            shutil.rmtree(root, ignore_errors=True)  # a half-made one of an interrupted session
+            make(root)
+            done.touch()
+    return root
+
+
+def dvc_repro(root: Path, targets: Sequence[str], env: dict[str, str]) -> None:
+    """``dvc repro TARGETS`` in ``root``; a failure shows DVC's output."""
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "repro", *targets],
+        cwd=root, env=env, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"dvc repro {' '.join(targets)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
 def prepared_repository(tmp_path_factory: pytest.TempPathFactory, *targets: str) -> Path:
     """A fresh copy of the repository (its params.yaml: the default profile) with ``dvc repro TARGETS`` run from a
     calm shell, made once per test session and shared (CI time: the default task's acquire, convert and plan took
-    ~60 s on 2 busy cores, and two tests need them). The first caller makes it under a file lock, later callers of
-    the same targets wait for it. Read-only for its users: take a private copy with :func:`private_copy`."""
-    base = tmp_path_factory.getbasetemp()
+    ~60 s on 2 busy cores, and two tests need them)."""
+
+    def make(root: Path) -> None:
+        root.mkdir()
+        copy_repository(root)
+        dvc_repro(root, targets, calm_shell())
+
     key = hashlib.sha256("\0".join(targets).encode()).hexdigest()[:10]
-    root, done = base / f"prepared-{key}", base / f"prepared-{key}.done"
-    with (base / f"prepared-{key}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.is_file():
-            shutil.rmtree(root, ignore_errors=True)
-            root.mkdir()
-            copy_repository(root)
-            proc = subprocess.run(
-                [str(Path(sys.executable).parent / "dvc"), "repro", *targets],
-                cwd=root, env=calm_shell(), capture_output=True, text=True, timeout=1800,
-            )  # fmt: skip
-            assert proc.returncode == 0, f"dvc repro {' '.join(targets)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-            done.write_text(proc.stdout)
-    return root
+    return once_per_session(tmp_path_factory, f"prepared-{key}", make)
 
 
 def private_copy(prepared: Path, dest: Path) -> Path:

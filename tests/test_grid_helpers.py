@@ -4,7 +4,6 @@ checkpoint with the record cut back to it), so the grid machinery is tested with
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from repo_copy import dvc_repro, once_per_session, private_copy
 from test_trainer_fixtures import CPU_ENV
 
 VENV_BIN = Path(sys.executable).parent
@@ -192,28 +192,19 @@ def prepared_smoke_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A pipeline workspace (git + DVC) on the smoke profile whose task is acquired, converted and planned
     (`dvc repro plan`), made once per test session: the Docker and SLURM stages copy it instead of each
     planning the same task again. Read-only for its users (copy it with ``copy_prepared``)."""
-    base = tmp_path_factory.getbasetemp()
-    root, done = base / "smoke-task", base / "smoke-task.done"
-    with (base / "smoke-task.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second user in this session waits for the first to finish
-        if not done.is_file():
-            if root.exists():
-                shutil.rmtree(root)
-            copy_pipeline_repo(root, smoke_params())
-            env = os.environ | CPU_ENV | {"PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
-            proc = subprocess.run(
-                [str(VENV_BIN / "dvc"), "repro", *PREPARED_STAGES],
-                cwd=root, env=env, capture_output=True, text=True, timeout=1200,
-            )  # fmt: skip
-            assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-            done.write_text(proc.stdout)
-    return root
+
+    def make(root: Path) -> None:
+        copy_pipeline_repo(root, smoke_params())
+        env = os.environ | CPU_ENV | {"PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+        dvc_repro(root, PREPARED_STAGES, env)
+
+    return once_per_session(tmp_path_factory, "smoke-task", make)
 
 
 def copy_prepared(prepared: Path, dest: Path, with_code: bool = True) -> Path:
     """A private copy of the prepared workspace; ``with_code=False`` drops the code copy, so the image's entry
     point links its own (src -> /opt/pgps/src, the same files)."""
-    shutil.copytree(prepared, dest, symlinks=True)
+    private_copy(prepared, dest)
     if not with_code:
         shutil.rmtree(dest / "src")
     return dest
