@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -127,3 +128,15 @@ def test_local_interrupted_grid_resumes_from_checkpoint(tmp_path: Path) -> None:
     assert_record_complete(rec, epochs)
     assert [r["at_epoch"] for r in rec["resumes"]] == [done_before]
     assert "up to date" in dvc_status(repo)
+
+
+def test_a_stage_process_ignores_slurms_time_limit_signal(tmp_path: Path) -> None:
+    """SLURM signals every process of the job step at the time limit, the stage's own included: the stage must
+    not die of SIGUSR2 before submitit's handler (in the runner) stops it and requeues the job."""
+    from pgps.grid.runner import StageRun
+
+    stage = f"{sys.executable} -c \"import os, signal; os.kill(os.getpid(), signal.SIGUSR2); print('survived')\""
+    log = tmp_path / "stage.log"
+    result = StageRun("train@A-0", stage, str(tmp_path), str(tmp_path / "grid"), log=str(log))()
+    assert result["stage"] == "train@A-0" and "survived" in log.read_text()
+    assert [a["event"] for a in read_attempts(tmp_path / "grid", "train@A-0")] == ["start", "end"]

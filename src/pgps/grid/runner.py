@@ -76,7 +76,14 @@ class StageRun(Checkpointable):
             else:
                 print(banner, end="", flush=True)
             self._proc = subprocess.Popen(
-                self.cmd, shell=True, cwd=self.wdir, env=env, start_new_session=True, stdout=out, stderr=out
+                self.cmd,
+                shell=True,
+                cwd=self.wdir,
+                env=env,
+                start_new_session=True,
+                stdout=out,
+                stderr=out,
+                preexec_fn=_ignore_preemption_signal,  # noqa: PLW1509 - one signal call, no lock taken
             )
             try:
                 rc = self._proc.wait()
@@ -116,6 +123,14 @@ class StageRun(Checkpointable):
         self._log_attempt("checkpoint")
         again = StageRun(self.name, self.cmd, self.wdir, self.grid_dir, self.env, self.log)
         return DelayedSubmission(again, *args, **kwargs)
+
+
+def _ignore_preemption_signal() -> None:
+    """In the stage's process, before exec: SIGUSR2 ignored (inherited by everything it starts). SLURM sends the
+    time-limit signal to EVERY process of the job step, so without this the stage's process could die of it
+    (exit 140) before submitit's handler in this process stops it and requeues the job -- the job then counted as
+    failed (seen in CI under load). The handler alone decides: it stops the stage with SIGTERM, then SIGKILL."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
 def _alive(pid: int) -> bool:
