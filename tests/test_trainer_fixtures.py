@@ -27,7 +27,7 @@ DATASET = "Dataset901_PGPSSynth"
 #: a training's final validation took 32 CPU-s with 2 workers against 23 s with 1 (measured, smoke task, --val) -- the
 #: suite runs ~70 of them. The worker count changes no result (each case is exported and scored on its own).
 CPU_ENV = {"nnUNet_compile": "f", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "PYTHONUNBUFFERED": "1"}
-NP = CPU_ENV["nnUNet_def_n_proc"]  # the planner's and preprocessor's -np
+NP = CPU_ENV["nnUNet_def_n_proc"]  # the planner's -np and -npfp (its default: 8 fingerprint workers, 8 torch imports)
 
 
 def nnunet_env(root: Path, results: Path | None = None, **knobs: str) -> dict[str, str]:
@@ -68,7 +68,10 @@ def reduced_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     task = make_task(root / "msd", seed=0, variant="iso", num_train=8, num_test=2)
     env = _plan_env(root)
     run([str(BIN / "nnUNetv2_convert_MSD_dataset"), "-i", str(task), "-overwrite_id", str(DATASET_ID)], env)
-    run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", NP], env)
+    run(
+        [str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", NP, "-npfp", NP],
+        env,
+    )
     done.touch()
     return root
 
@@ -80,7 +83,7 @@ def with_configuration(root: Path, what: str) -> Path:
         return root
     env = _plan_env(root)
     if what == "2d":
-        run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", NP], env)
+        run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", NP, "-npfp", NP], env)
     else:
         run([str(BIN / "nnUNetv2_plan_experiment"), "-d", str(DATASET_ID), "-pl", "nnUNetPlannerResEncM"], env)
         run(

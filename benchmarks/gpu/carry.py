@@ -242,7 +242,17 @@ def build_dataset(
     raw_dataset(dirs["nnUNet_raw"], seed, shape, num_train, num_test)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "PGPS_"))}
     env.update({k: str(v) for k, v in dirs.items()}, nnUNet_n_proc_DA="1", nnUNet_def_n_proc="2")
-    cmd = [str(bin_dir / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "2"]
+    cmd = [
+        str(bin_dir / "nnUNetv2_plan_and_preprocess"),
+        "-d",
+        str(DATASET_ID),
+        "-c",
+        "3d_fullres",
+        "-np",
+        "2",
+        "-npfp",
+        "2",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise PGPSError(f"{DATASET}: nnUNetv2_plan_and_preprocess failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
