@@ -32,7 +32,8 @@ start=$(date +%s)
   exit 0
 ) >"$daemons_log" 2>&1 &
 daemons=$!
-trap 'kill "$daemons" 2>/dev/null; wait "$daemons" 2>/dev/null' INT TERM
+# stopping make test stops the second process's pytest too (the subshell's children first, then the subshell)
+trap 'pkill -TERM -P "$daemons" 2>/dev/null; kill "$daemons" 2>/dev/null; wait "$daemons" 2>/dev/null' INT TERM
 
 "$PY" -m pytest -q --timeout=1500 --durations=25 -m "not docker and not slurm and not beside_daemons and not exact" "$@"
 main_rc=$?
