@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -28,7 +27,7 @@ from pgps.pipeline.nnunet_cli import runtime_env, stripped
 from pgps.pipeline.run_settings import KNOB_SOURCES, RUN, RUNTIME_SOURCES, knob_env, run_settings
 from pgps.pipeline.train import run_key
 from pgps.schema import CPU_ISA_ENV, RUN_OVERRIDES, ParamsFile, TrainerEntry
-from repo_copy import prepared_repository, private_copy
+from repo_copy import calm_shell, prepared_repository, private_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -210,9 +209,7 @@ TASK = "Task903_PGPSSynthSmall"  # the default profile's task: the smallest plan
 
 
 def _shell(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not stripped(k)}
-    env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
-    return env | extra
+    return calm_shell() | extra
 
 
 def _dvc(ws: Path, env: dict[str, str], *args: str) -> None:
