@@ -57,6 +57,11 @@ def _run(
     return proc
 
 
+def _committed(ws: Path, path: Path) -> str:
+    """``path`` as committed in the workspace's git repository ('' where it is not committed)."""
+    return subprocess.run(["git", "show", f"HEAD:{path}"], cwd=ws, capture_output=True, text=True).stdout
+
+
 def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return _run([str(BIN / "dvc"), *args], cwd)
 
@@ -140,9 +145,7 @@ def test_default_profile_reproduces_the_committed_metrics(tmp_path_factory: pyte
     repro = _reproduce(tmp_path_factory, "default")
     _check_stage_order(repro)
     ws = repro["ws"]
-    committed = subprocess.run(
-        ["git", "show", f"HEAD:{METRICS}"], cwd=ws, capture_output=True, text=True, check=False
-    ).stdout
+    committed = _committed(ws, METRICS)
     assert committed, f"{METRICS} is not committed: run `make reproduce` and commit it with dvc.lock"
     assert json.loads((ws / METRICS).read_text()) == json.loads(committed)
     assert json.loads(_dvc("metrics", "diff", "--json", cwd=ws).stdout or "{}") == {}
@@ -161,9 +164,7 @@ def test_one_default_training_reproduces_the_committed_bits(tmp_path_factory: py
     ws = private_copy(prepared, tmp_path_factory.mktemp("default-one") / "repo")
     params = yaml.safe_load((ws / "params.yaml").read_text())
     task, run, fold = params["tasks"][0], "pgps", params["folds"][0]
-    git_show = ["git", "show", "HEAD:dvc.lock"]
-    committed = yaml.safe_load(subprocess.run(git_show, cwd=ws, capture_output=True, text=True, check=True).stdout)
-    committed = committed["stages"]
+    committed = yaml.safe_load(_committed(ws, Path("dvc.lock")))["stages"]
     _run([str(BIN / "dvc"), "repro", f"evaluate@{task}-{run}-{fold}"], ws, env=HOSTILE_ENV)
     lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
     for stage in (f"acquire@{task}", f"convert@{task}", f"plan@{task}"):
