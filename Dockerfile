@@ -23,6 +23,9 @@ FROM system
 # Exactly requirements.lock, every file checked against its sha256 (as `make setup` installs it), and no project
 # source yet: a code change does not reinstall torch, and only a new lock invalidates this ~6 GB layer.
 # pip_ca: optional build secret with a CA bundle for TLS-intercepting proxies; it never lands in a layer.
+# PIP_NO_CACHE_DIR=1 (pgps docker build --no-pip-cache): the cache mount stays empty, for one-off builds on a small
+# disk (CI); unset, the wheels (~3 GB) stay in the builder's cache for the next lock change.
+ARG PIP_NO_CACHE_DIR
 COPY requirements.lock /tmp/pgps-deps/requirements.lock
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     --mount=type=secret,id=pip_ca \

@@ -145,8 +145,10 @@ def build(folder: Path) -> int:
         venv = folder / "venv"
         result["venv_s"] = _run([python, "-m", "venv", str(venv)])
         pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
-        # the index's newest releases the ranges admit; --no-compile: no .pyc for torch's ~10k files
-        result["install_s"] = _run([*pip, "install", "--no-compile", str(src)])
+        # the index's newest releases the ranges admit; --no-compile: no .pyc for torch's ~10k files. On CI no pip
+        # cache: the ~3 GB of wheels would stay on a disk the Docker stage's image build needs at the same time.
+        no_cache = ["--no-cache-dir"] if os.environ.get("CI") else []
+        result["install_s"] = _run([*pip, "install", "--no-compile", *no_cache, str(src)])
         freeze = subprocess.run([*pip, "freeze"], check=True, capture_output=True, text=True).stdout
         result["packages"] = freeze.splitlines()
         result["python"] = subprocess.run(

@@ -230,7 +230,19 @@ def test_source_url_loses_every_credential(remote: str, public: str | None) -> N
 
 def _build_args(**overrides: Any) -> argparse.Namespace:
     values = {"tag": "pgps:t", "network": "host", "base_image": None, "ca_cert": "none", "no_cache": False}
-    return argparse.Namespace(**(values | overrides))
+    return argparse.Namespace(**(values | {"no_pip_cache": False} | overrides))
+
+
+def test_no_pip_cache_is_the_build_arg_the_dockerfile_declares(tmp_path: Path) -> None:
+    """--no-pip-cache reaches pip as PIP_NO_CACHE_DIR only through an ARG of that name in the lock's stage (the real
+    build's empty cache mount is checked by the Docker stage)."""
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    assert "PIP_NO_CACHE_DIR=1" not in build_command(_build_args(), tmp_path, "docker")
+    cmd = build_command(_build_args(no_pip_cache=True), tmp_path, "docker")
+    assert cmd[cmd.index("PIP_NO_CACHE_DIR=1") - 1] == "--build-arg"
+    dockerfile = (REPO / "Dockerfile").read_text()
+    lock_stage = dockerfile[dockerfile.rindex("\nFROM ") : dockerfile.index("--require-hashes")]  # FROM .. pip install
+    assert "\nARG PIP_NO_CACHE_DIR\n" in lock_stage
 
 
 def test_build_command_has_no_credentials_from_the_remote(tmp_path: Path) -> None:

@@ -45,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     build.add_argument("--network", default="host", help="network of RUN steps (default host)")
     build.add_argument("--no-cache", action="store_true", help="ignore the layer cache")
+    build.add_argument(
+        "--no-pip-cache",
+        action="store_true",
+        help="keep no pip cache in the builder (~3 GB less disk; a later lock change downloads everything again)",
+    )
     build.add_argument("--docker", default=None, help=f"docker CLI (default {PREFERRED_CLI} if present, else PATH)")
     _add_daemon_argument(build)
 
@@ -169,6 +174,8 @@ def build_command(args: argparse.Namespace, context: Path, cli: str) -> list[str
         cmd += ["--secret", f"id=pip_ca,src={ca}"]
     if args.no_cache:
         cmd.append("--no-cache")
+    if args.no_pip_cache:  # the Dockerfile's ARG PIP_NO_CACHE_DIR, which pip reads from the environment
+        cmd += ["--build-arg", "PIP_NO_CACHE_DIR=1"]
     cmd.append(str(context))
     return cmd
 
