@@ -51,7 +51,7 @@ def predict_test(
     env["nnUNet_n_proc_DA"] = str(max(1, params.runtime["da_workers"]))
     n = str(params.num_processes)
     cmd = [
-        nnunet_cli.script("nnUNetv2_predict"),
+        *nnunet_cli.command("nnUNetv2_predict"),
         "-i",
         str(images),
         "-o",

@@ -74,7 +74,7 @@ def train(params: Params, name: str, fold: int, preprocessed: Path, out: Path) -
         params, spec, nnUNet_raw=preprocessed, nnUNet_preprocessed=preprocessed, nnUNet_results=partial
     )
     cmd = [
-        nnunet_cli.script("nnUNetv2_train"),
+        *nnunet_cli.command("nnUNetv2_train"),
         str(dataset_id(dataset)),
         params.configuration,
         str(fold),
