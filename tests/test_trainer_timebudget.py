@@ -29,9 +29,9 @@ import torch
 
 from pgps.errors import PGPSError
 from pgps.nnunet.knobs import read_knobs
+from pgps.pipeline import nnunet_cli
 from pgps.schedule import ScheduleError, build_schedule
 from test_trainer_fixtures import (
-    BIN,
     BLOCKED,
     DATASET_ID,
     fold_dir,
@@ -73,7 +73,7 @@ def _driver(tmp_path: Path, *args: str) -> list[str]:
 
 
 def _train_cmd(*extra: str) -> list[str]:
-    nnunet = [str(BIN / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0"]
+    nnunet = [*nnunet_cli.command("nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0"]  # as the pipeline starts it
     return [*nnunet, "-tr", "nnUNetTrainerPGPS", "-device", "cpu", *extra]
 
 
