@@ -66,20 +66,28 @@ ENTRY_POINTS: dict[str, tuple[str, str]] = {
 }
 
 
+def _entry_code(name: str) -> str:
+    module, function = ENTRY_POINTS[name]
+    return f"import sys; from {module} import {function}; sys.exit({function}())"
+
+
 def command(name: str) -> list[str]:
     """argv prefix that runs nnU-Net's console script ``name``: its entry function in this interpreter (see
     :data:`ENTRY_POINTS`), else the script itself (:func:`script`)."""
-    if name not in ENTRY_POINTS:
-        return [script(name)]
-    module, function = ENTRY_POINTS[name]
-    return [sys.executable, "-c", f"import sys; from {module} import {function}; sys.exit({function}())  # {name}"]
+    return [sys.executable, "-c", _entry_code(name)] if name in ENTRY_POINTS else [script(name)]
+
+
+def _console_script(cmd: list[str]) -> str | None:
+    """The console script an entry-function command stands for (None: any other command)."""
+    return next((name for name in ENTRY_POINTS if cmd[1:3] == ["-c", _entry_code(name)]), None)
 
 
 def shown(cmd: list[str]) -> str:
     """``cmd`` as printed: an entry-function command shows as the console script it stands for."""
-    if len(cmd) > 2 and cmd[1] == "-c" and "  # " in cmd[2]:
-        return " ".join([cmd[2].rsplit("  # ", 1)[1], *cmd[3:]]) + f"   (run as: {cmd[0]} -c '{cmd[2]}' ...)"
-    return " ".join(cmd)
+    name = _console_script(cmd)
+    if name is None:
+        return " ".join(cmd)
+    return " ".join([name, *cmd[3:]]) + f"   (run as: {cmd[0]} -c '{cmd[2]}' ...)"
 
 
 def stripped(name: str) -> bool:
@@ -111,5 +119,6 @@ def run(cmd: list[str], env: dict[str, str], what: str) -> None:
     print("+ " + shown(cmd), flush=True)
     proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0:
-        name = shown(cmd).split("   (run as:")[0].split()
-        raise PGPSError(f"{what}: `{' '.join([Path(name[0]).name, *name[1:]])}` failed (exit {proc.returncode})")
+        name = _console_script(cmd)
+        argv = [name, *cmd[3:]] if name else [Path(cmd[0]).name, *cmd[1:]]
+        raise PGPSError(f"{what}: `{' '.join(argv)}` failed (exit {proc.returncode})")
