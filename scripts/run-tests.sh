@@ -19,7 +19,8 @@ daemons_log=logs/test-daemons.log
 start=$(date +%s)
 # The Docker stage's image (~10 GB while it builds), the core-install venv (~6 GB) and .venv (~7 GB) share this disk:
 # a run that ends in "No space left on device" shows here what it started with.
-free_at_start=$(df -h --output=avail "${TMPDIR:-/tmp}" | tail -1 | tr -d ' ')
+free_space() { df -h --output=avail "${TMPDIR:-/tmp}" | tail -1 | tr -d ' '; }
+free_at_start=$(free_space)
 
 # The second process: the Docker and SLURM stages, then the tests marked beside_daemons (self-contained, CPU-bound:
 # measured, the main run otherwise went on alone on one core for its last 20 minutes).
@@ -48,7 +49,7 @@ echo "=================== Docker and SLURM stages, then the beside_daemons tests
 cat "$daemons_log"
 echo
 echo "make test: main run exit $main_rc, Docker/SLURM run exit $daemons_rc, $(($(date +%s) - start)) s in all;" \
-  "free under ${TMPDIR:-/tmp}: $free_at_start at the start, $(df -h --output=avail "${TMPDIR:-/tmp}" | tail -1 | tr -d ' ') now"
+  "free under ${TMPDIR:-/tmp}: $free_at_start at the start, $(free_space) now"
 # pytest exit 5 = nothing collected for that half (e.g. a -k that selects only the other half): not a failure
 [ "$main_rc" -eq 0 ] || [ "$main_rc" -eq 5 ] || exit "$main_rc"
 [ "$daemons_rc" -eq 0 ] || [ "$daemons_rc" -eq 5 ] || exit "$daemons_rc"

@@ -223,7 +223,7 @@ def _minor(core_bin: Path) -> str:
 
 @pytest.mark.slow
 @pytest.mark.core_install
-@pytest.mark.beside_daemons  # make test: after the Docker stage, whose ~13 GB of layers are gone by then (disk)
+@pytest.mark.beside_daemons  # make test: after the Docker stage, whose ~10 GB are gone by then (disk)
 @pytest.mark.timeout(3000)  # includes the wait for the background install
 def test_core_install_trains_and_predicts(
     core_bin: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
@@ -272,7 +272,7 @@ def test_core_install_trains_and_predicts(
 
 @pytest.mark.slow
 @pytest.mark.core_install
-@pytest.mark.beside_daemons  # make test: after the Docker stage, whose ~13 GB of layers are gone by then (disk)
+@pytest.mark.beside_daemons  # make test: after the Docker stage, whose ~10 GB are gone by then (disk)
 def test_core_install_energy_tracking_names_the_extra(core_bin: Path, tmp_path: Path) -> None:
     """Without codecarbon (the core install), asking for energy tracking is one PGPSError naming the extra, both
     from the tracker and from the knob a user sets (PGPS_CODECARBON), not a ModuleNotFoundError."""

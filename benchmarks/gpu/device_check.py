@@ -302,7 +302,9 @@ def _run(cmd: list[str], env: dict[str, str], log: Path, deadline: Deadline, kil
 
 
 def train_cmd(trainer: str, resume: bool, dry: bool) -> list[str]:
-    """``nnUNetv2_train`` as installed (console script), else its module entry point."""
+    """``nnUNetv2_train``'s entry function through ``python -c``, as the pipeline starts it (pgps.pipeline.nnunet_cli
+    .ENTRY_POINTS: spawned validation workers then skip re-importing the training script's modules). Spelled out
+    here rather than imported, so that the device's import trace stays the trainers' own."""
     cmd = [sys.executable, "-c", "from nnunetv2.run.run_training import run_training_entry as m; m()"]
     cmd += [str(DATASET_ID), "3d_fullres", "0", "-tr", trainer]
     cmd += ["-device", "cpu"] if dry else []
