@@ -98,6 +98,16 @@ def test_prior_epochs_count_towards_the_full_share() -> None:  # a re-plan of th
     assert plan.predicted_seconds <= 100.0 and plan.num_epochs == 35
 
 
+def test_every_stage_keeps_one_epoch_before_the_full_share() -> None:
+    """Where the epochs cannot hold both, every stage keeps its one epoch and the full size gets the rest: the
+    share is capped, not met by dropping a stage (the case a CI re-plan hit: 2 epochs trained, 9 left for 8
+    stages, a share of ceil(0.25 * 11) = 3)."""
+    assert split_with_full_share(8, 9, 0.25, prior_epochs=2) == [1] * 7 + [2]
+    assert split_with_full_share(8, 10, 0.25, prior_epochs=2) == [1] * 7 + [3]  # one more epoch: the share holds
+    plan = plan_epochs([1.0] * 7 + [2.0], budget_seconds=11.5, min_full_share=0.25, prior_epochs=2)
+    assert plan.stage_epochs == [1] * 7 + [2] and plan.stage_indices == list(range(8))
+
+
 def test_epoch_seconds_cost_model() -> None:
     # 10 iterations x (step + load) + 2 val x (0.4 + 0.1) + checkpoint 0.25 x (1/1 + 1) + the throttled plot
     per_epoch = epoch_seconds(COSTS, iters_per_epoch=10, val_iters=2, save_every=1)

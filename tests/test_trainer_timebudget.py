@@ -196,14 +196,18 @@ def test_budget_plan_drives_the_schedule_and_is_met(root: Path, tmp_path: Path) 
         assert e["train_input_shapes"] == [{"shape": [st["batch_size"], 1, *st["patch_size"]], "count": 1}]
     assert rec["schedule"]["stages"][-1]["patch_size"] == [32, 32, 32]
     # closed loop: one decision at every stage change, the full size's share kept while two or more stages
-    # were ahead (after the last change the budget alone decides its length)
+    # were ahead (after the last change the budget alone decides its length). Where the epochs left cannot hold
+    # both, every stage ahead keeps its one epoch and the full size gets the rest (split_with_full_share): on a
+    # busy machine a re-plan after epoch 1 had 9 epochs for 8 stages, [1] * 7 + [2], against a share of 3.
     replans = plan["replans"]
     changes = [r for r in replans if "per_epoch_correction_seconds" in r]
     assert [r["after_epoch"] for r in changes] == [s["end_epoch"] - 1 for s in rec["schedule"]["stages"][:-1]]
     for r in changes:
         starts = [sum(r["stage_epochs"][:i]) for i in range(len(r["stage_epochs"]))]
-        if sum(start > r["after_epoch"] for start in starts) >= 2:
-            assert r["stage_epochs"][-1] >= 0.25 * r["num_epochs"] or set(r["stage_epochs"]) == {1}, r
+        ahead = [e for e, start in zip(r["stage_epochs"], starts) if start > r["after_epoch"]]
+        if len(ahead) >= 2:
+            share_kept = r["stage_epochs"][-1] >= 0.25 * r["num_epochs"]
+            assert share_kept or set(ahead[:-1]) == {1}, r
     assert [r["after_epoch"] for r in replans] == sorted({r["after_epoch"] for r in replans})
     assert all(r["after_epoch"] < plan["num_epochs"] for r in replans)
     # the warm-up measured every stage of the full curriculum, from the 2x1x1 bottleneck to the plan
