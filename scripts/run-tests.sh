@@ -16,6 +16,10 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 export nnUNet_def_n_proc=1
 mkdir -p logs
 daemons_log=logs/test-daemons.log
+# A folder both processes see: the smoke pipeline run is made once, by whichever asks first, and shared by the DVC
+# tests, the Docker stage and the SLURM stage (tests/smoke_run.py).
+PGPS_TEST_SHARED=$(mktemp -d "${TMPDIR:-/tmp}/pgps-make-test.XXXXXX")
+export PGPS_TEST_SHARED
 start=$(date +%s)
 # The Docker stage's image (~10 GB while it builds), the core-install venv (~6 GB) and .venv (~7 GB) share this disk:
 # a run that ends in "No space left on device" shows here what it started with.
@@ -37,12 +41,13 @@ free_at_start=$(free_space)
 ) >"$daemons_log" 2>&1 &
 daemons=$!
 # stopping make test stops the second process's pytest too (the subshell's children first, then the subshell)
-trap 'pkill -TERM -P "$daemons" 2>/dev/null; kill "$daemons" 2>/dev/null; wait "$daemons" 2>/dev/null' INT TERM
+trap 'pkill -TERM -P "$daemons" 2>/dev/null; kill "$daemons" 2>/dev/null; wait "$daemons" 2>/dev/null; rm -rf "$PGPS_TEST_SHARED"' INT TERM
 
 "$PY" -m pytest -q --timeout=1500 --durations=25 -m "not docker and not slurm and not beside_daemons and not exact" "$@"
 main_rc=$?
 wait "$daemons"
 daemons_rc=$?
+rm -rf "$PGPS_TEST_SHARED"
 
 echo
 echo "=================== Docker and SLURM stages, then the beside_daemons tests (ran alongside; $daemons_log) ==================="

@@ -50,7 +50,12 @@ def calm_shell() -> dict[str, str]:
 def once_per_session(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]) -> Path:
     """``basetemp/name``, made by ``make(folder)`` once per test session: the first caller makes it under a file
     lock, later callers wait for it and get it as made. Read-only for its users (take a :func:`private_copy`)."""
-    base = tmp_path_factory.getbasetemp()
+    return once(tmp_path_factory.getbasetemp(), name, make)
+
+
+def once(base: Path, name: str, make: Callable[[Path], None]) -> Path:
+    """``base/name``, made by ``make(folder)`` by the first caller under a file lock (threads and processes alike);
+    later callers wait for it and get it as made."""
     root, done = base / name, base / f"{name}.done"
     with (base / f"{name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -2,10 +2,10 @@
 smoke profile inside it with no network; cleanup checked.
 
 One module-scoped daemon and image serve every test here. The image builds (network and disk: the debootstrap base,
-3 GB of wheels) while the host prepares the smoke task (CPU: acquire, convert, plan), which the container then
-trains, evaluates and reports on; the SLURM stage copies the same prepared task and compares its grid with this
-run's results. Skips with a reason only where no daemon can be started (not root, dockerd missing or refusing to
-start); with CI=true that is a failure instead.
+3 GB of wheels) while the host finishes the smoke profile's run that `make test` shares (tests/smoke_run.py); the
+container gets a copy of it with its PGPS training removed, and its `reproduce` trains, evaluates and reports what
+that left stale, and nothing else. Skips with a reason only where no daemon can be started (not root, dockerd
+missing or refusing to start); with CI=true that is a failure instead.
 Set PGPS_TEST_DOCKER_HOST=unix:///… to reuse a running daemon (and its build cache) while developing.
 """
 
@@ -28,7 +28,8 @@ import pytest
 import yaml
 
 import pgps
-from test_grid_helpers import PREPARED_STAGES, copy_prepared, prepared_smoke_task, smoke_reference_dir
+from pgps.pipeline.stage_progress import describe
+from smoke_run import SMOKE_TASK, copy_run, finished_smoke_run, remove_training
 
 pytestmark = pytest.mark.docker
 
@@ -113,13 +114,13 @@ def client(daemon: str) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def image(daemon: str, client: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The image built from this checkout by `pgps docker build`, on the debootstrapped Debian base. The build
-    waits on the network and the disk most of the time: the smoke task is prepared on the host meanwhile."""
+    waits on the network and the disk most of the time: the shared smoke run finishes on the host meanwhile."""
     with ThreadPoolExecutor(1) as pool:
         build = pool.submit(_build_image, daemon, client)
         try:
             start = time.monotonic()
-            prepared_smoke_task(tmp_path_factory)
-            TIMINGS["prepare_smoke_task_during_build_s"] = round(time.monotonic() - start, 1)
+            finished_smoke_run(tmp_path_factory)
+            TIMINGS["smoke_run_ready_during_build_s"] = round(time.monotonic() - start, 1)
         finally:
             built = build.result()  # waits for the build even when the preparation failed
     return built
@@ -299,14 +300,19 @@ def test_reproduce_in_container_without_network(
     workspace_owner: tuple[int, int, Path],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    """`reproduce` on a copy of the session's prepared smoke task (a git repository, the pipeline committed): the
-    container trains, evaluates and reports; the stages the host prepared are not run again."""
+    """`reproduce` on a copy of the shared smoke run (a git repository, the pipeline committed) whose PGPS training
+    was removed: the container trains it, evaluates it and reports; every other stage (the data stages and the
+    other runs, done on the host with the same code) is not run again."""
     uid, gid, ws = workspace_owner
     ws.rmdir()
-    copy_prepared(prepared_smoke_task(tmp_path_factory), ws, with_code=False)  # the image links its own src/
+    run = finished_smoke_run(tmp_path_factory)
+    copy_run(run["ws"], ws, with_code=False)  # the image links its own src/
+    train = remove_training(ws)
+    evaluate = train.replace("train@", "evaluate@")
     git = ["git", "-C", str(ws), "-c", "user.name=ci", "-c", "user.email=ci@example.org"]
     subprocess.run([*git, "add", "dvc.yaml", "dvc.lock", "params.yaml", ".dvc", ".dvcignore"], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "prepared smoke task"], check=True)
+    subprocess.run([*git, "rm", "-q", "--cached", "results/metrics.json"], check=True)  # the repository's default one
+    subprocess.run([*git, "commit", "-q", "-m", "smoke run, one training removed"], check=True)
     subprocess.run(["chown", "-R", f"{uid}:{gid}", str(ws)], check=True)
     user = ["--user", f"{uid}:{gid}"] if os.getuid() == 0 else []
     start = time.monotonic()
@@ -317,26 +323,25 @@ def test_reproduce_in_container_without_network(
     TIMINGS["reproduce_in_container_s"] = round(time.monotonic() - start, 1)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     assert f"user {uid}:{gid}" in proc.stdout  # the launcher's own summary line
-    # prepared on the host, the same code in the image: DVC skips them. With one thread per stage on 2 cores
-    # `pgps reproduce` runs stages side by side and lists exactly those DVC would run ("+ N stages ..."); with
-    # one stage at a time it runs `dvc repro`, which says it skips them.
+    # done on the host, the same code in the image: DVC skips them. With one thread per stage on 2 cores
+    # `pgps reproduce` runs stages side by side and lists exactly those DVC would run ("+ N stages ..."); with one
+    # stage at a time it runs `dvc repro`, which says which it skips.
     side_by_side = re.search(r"^\+ (\d+) stages of dvc\.yaml", proc.stdout, re.MULTILINE)
-    for stage in PREPARED_STAGES:
-        assert f"Running stage '{stage}@" not in proc.stdout
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
+    assert {train, evaluate, "report"} < set(lock)
+    for stage in set(lock) - {train, evaluate, "report"}:
+        assert f"Running stage '{stage}'" not in proc.stdout, stage
         if side_by_side:
-            assert not re.search(rf"^\[\d+/\d+\] {stage} ", proc.stdout, re.MULTILINE), proc.stdout[-3000:]
+            assert not re.search(rf"^\[\d+/\d+\] {re.escape(describe(stage))} \|", proc.stdout, re.MULTILINE), stage
         else:
-            assert f"Stage '{stage}@Task901_PGPSSynth' didn't change, skipping" in proc.stdout, proc.stdout[-3000:]
-    if side_by_side:  # the trainings, their evaluations and the report, nothing else
-        smoke = yaml.safe_load((ws / "params.yaml").read_text())
-        assert int(side_by_side[1]) == 2 * len(smoke["trainers"]) * len(smoke["folds"]) + 1, proc.stdout[-3000:]
-    # DVC locked every stage, the report came back
-    lock = (ws / "dvc.lock").read_text()
-    for stage in ("acquire@", "convert@", "plan@", "train@", "evaluate@", "report"):
-        assert stage in lock, f"stage {stage} missing from dvc.lock"
+            assert f"Stage '{stage}' didn't change, skipping" in proc.stdout, proc.stdout[-3000:]
+    if side_by_side:  # the removed training, its evaluation and the report, nothing else
+        assert int(side_by_side[1]) == 3, proc.stdout[-3000:]
+    # DVC locked the re-run stages, the training came back, the report with it
+    assert (ws / "data" / "nnUNet_results" / SMOKE_TASK / "pgps" / "fold_0").is_dir()
     metrics = json.loads((ws / "results" / "metrics.json").read_text())
     report = (ws / "results" / "report.md").read_text()
-    assert metrics and "Dice" in report
+    assert metrics[SMOKE_TASK]["pgps"]["dice_folds"] and "Dice" in report
     assert "Dice" in proc.stdout  # the table streamed back through the launcher
     # DVC with git in the image: the new metrics against the commit made before the run
     code, out = run_in(client, image, ["bash", "-c", "dvc metrics diff --json 2>/dev/null"], workspace=ws,
@@ -348,8 +353,6 @@ def test_reproduce_in_container_without_network(
     owners = {(p.lstat().st_uid, p.lstat().st_gid) for p in ws.rglob("*")}
     assert owners == {(uid, gid)}, owners
     assert client.containers.list(all=True) == []  # the launcher removed its container
-    # the sequential smoke run the SLURM stage compares its grid with
-    shutil.copytree(ws / "results", smoke_reference_dir(tmp_path_factory) / "results", dirs_exist_ok=True)
 
 
 def test_source_change_reuses_the_dependency_layer(daemon: str, client: Any, image: str, tmp_path: Path) -> None:

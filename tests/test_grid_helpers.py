@@ -6,17 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 import yaml
-
-from repo_copy import dvc_repro, once_per_session, private_copy
-from test_trainer_fixtures import CPU_ENV
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -174,43 +169,3 @@ def structure(obj: object) -> object:
     if isinstance(obj, (int, float)):
         return "number"
     return type(obj).__name__
-
-
-# ------------------------------------------------------- the smoke task, prepared once and shared (CI time)
-
-SMOKE_PROFILE = REPO / "profiles" / "smoke.yaml"
-PREPARED_STAGES = ("acquire", "convert", "plan")
-
-
-def smoke_params() -> dict:
-    """The smoke profile: 4 epochs x 6 iterations, 1 val iteration, fold 0, constant/pgps/pgps_plus/rpss on the
-    synthetic task (profiles/smoke.yaml; until that file exists, the repository's params.yaml, which is it)."""
-    return yaml.safe_load((SMOKE_PROFILE if SMOKE_PROFILE.is_file() else REPO / "params.yaml").read_text())
-
-
-def prepared_smoke_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A pipeline workspace (git + DVC) on the smoke profile whose task is acquired, converted and planned
-    (`dvc repro plan`), made once per test session: the Docker and SLURM stages copy it instead of each
-    planning the same task again. Read-only for its users (copy it with ``copy_prepared``)."""
-
-    def make(root: Path) -> None:
-        copy_pipeline_repo(root, smoke_params())
-        env = os.environ | CPU_ENV | {"PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
-        dvc_repro(root, PREPARED_STAGES, env)
-
-    return once_per_session(tmp_path_factory, "smoke-task", make)
-
-
-def copy_prepared(prepared: Path, dest: Path, with_code: bool = True) -> Path:
-    """A private copy of the prepared workspace; ``with_code=False`` drops the code copy, so the image's entry
-    point links its own (src -> /opt/pgps/src, the same files)."""
-    private_copy(prepared, dest)
-    if not with_code:
-        shutil.rmtree(dest / "src")
-    return dest
-
-
-def smoke_reference_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where a sequential smoke run leaves its results/ for the grid test to compare with (the Docker stage's
-    `reproduce` is that run; without it, the grid test runs `dvc repro` itself)."""
-    return tmp_path_factory.getbasetemp() / "smoke-reference"

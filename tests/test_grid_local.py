@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from pgps.grid.runner import read_attempts
-from test_grid_helpers import CPU_ENV, VENV_BIN, assert_record_complete, dvc_status, make_toy_repo, pgps, read_record
+from test_grid_helpers import VENV_BIN, assert_record_complete, dvc_status, make_toy_repo, pgps, read_record
+from test_trainer_fixtures import CPU_ENV
 
 pytestmark = pytest.mark.beside_daemons  # make test: in the Docker/SLURM process (CI balance)
 

@@ -1,13 +1,13 @@
 """The real pipeline: `pgps reproduce` in a fresh copy of the repository, as CI's clean clone.
 
 One session-scoped run of the smoke profile is shared by the DVC behaviour tests here. Exact re-execution of the
-default profile (the committed results/metrics.json comes back bit for bit, `dvc metrics diff` shows nothing,
-`dvc status` is clean) is `test_default_profile_reproduces_the_committed_metrics`, marker ``exact``: about 9 minutes
-on 2 cores, run by `make test-exact`; `make test` (CI) re-runs one PGPS training of it against the committed bits
-(`test_one_default_training_reproduces_the_committed_bits`). The others exercise DVC on the same workspace: a
-no-op second repro, a one-trainer change re-running only what depends on it (one of its trainings killed and
-resumed, and the numbers reproduced), a kill during the report stage, dvc push / pull.
-Tests run in file order and leave the workspace complete for the next one.
+default profile (the committed results/metrics.json comes back bit for bit, `dvc metrics diff` shows nothing, `dvc
+status` is clean) is `test_default_profile_reproduces_the_committed_metrics`, marker ``exact``: about 9 minutes on 2
+cores, run by `make test-exact`; `make test` (CI) re-runs one PGPS training of it against the committed bits
+(`test_one_default_training_from_a_hostile_shell_reproduces_the_committed_bits`). The others exercise DVC on the
+same workspace: a no-op second repro, a one-trainer change re-running only what depends on it (one of its trainings
+killed and resumed, and the numbers reproduced), a kill during the report stage, dvc push / pull. Tests run in file
+order and leave the workspace complete for the next one.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import pytest
 import yaml
 
 from pgps.pipeline.stage_progress import describe
-from repo_copy import copy_repository, prepared_repository, private_copy
+from repo_copy import calm_shell, prepared_repository, private_copy
+from smoke_run import HOSTILE_ENV, copy_run, finished_smoke_run, pipeline_env, reproduce
 
 pytestmark = pytest.mark.slow
 
@@ -40,12 +41,7 @@ METRICS = Path("results/metrics.json")
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
-    for key in ("PGPS_DATA", "nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        env.pop(key, None)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return pipeline_env()
 
 
 def _run(
@@ -66,43 +62,21 @@ def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return _run([str(BIN / "dvc"), *args], cwd)
 
 
-#: what a user's shell may export that changes nnU-Net, torch or the trainers if it reached a run: thread counts and
-#: CPU kernels other than params.yaml's, a shorter budget, torch.compile. The committed metrics were made without
-#: them (and with another stage count at once): the same bits must come back.
-HOSTILE_ENV = {
-    "OMP_NUM_THREADS": "2",
-    "MKL_NUM_THREADS": "2",
-    "OPENBLAS_NUM_THREADS": "2",
-    "ATEN_CPU_CAPABILITY": "default",
-    "ONEDNN_MAX_CPU_ISA": "SSE41",
-    "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
-    "PGPS_NUM_EPOCHS": "1",
-    "PGPS_ITERS_PER_EPOCH": "1",
-    "PGPS_SEED": "7",
-    "nnUNet_compile": "t",
-    "nnUNet_n_proc_DA": "3",
-}
-
-
 def _reproduce(tmp_path_factory: pytest.TempPathFactory, profile: str) -> dict:
     """`pgps reproduce` of ``profile`` in a fresh copy, from a shell that exports HOSTILE_ENV."""
-    ws = tmp_path_factory.mktemp(f"pipeline-{profile}") / "repo"
-    ws.mkdir()
-    copy_repository(ws)
-    shutil.copyfile(ws / "profiles" / f"{profile}.yaml", ws / "params.yaml")  # byte-identical: a profile
-    start = time.monotonic()
-    proc = _run([str(BIN / "pgps"), "reproduce"], ws, env=HOSTILE_ENV, timeout=5400)
-    elapsed = time.monotonic() - start
-    print(f"\n[pgps reproduce ({profile}): {elapsed:.0f} s]\n{proc.stdout[-1500:]}")
-    params = yaml.safe_load((ws / "params.yaml").read_text())
-    return {"ws": ws, "stdout": proc.stdout, "elapsed": elapsed, "params": params}
+    result = reproduce(tmp_path_factory.mktemp(f"pipeline-{profile}") / "repo", profile)
+    print(f"\n[pgps reproduce ({profile}): {result['elapsed']:.0f} s]\n{result['stdout'][-1500:]}")
+    return result
 
 
 @pytest.fixture(scope="session")
 def repro(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The smoke profile's run, shared by every DVC behaviour test here (a few minutes on 2 cores; the whole
-    default profile is ``make test-exact``)."""
-    return _reproduce(tmp_path_factory, "smoke")
+    """A private copy of the smoke profile's run (made once per `make test` and shared with the Docker and SLURM
+    stages: tests/smoke_run.py), for the DVC behaviour tests here, which change it in file order."""
+    run = finished_smoke_run(tmp_path_factory)
+    print(f"\n[pgps reproduce (smoke): {run['elapsed']:.0f} s]\n{run['stdout'][-1500:]}")
+    ws = copy_run(run["ws"], tmp_path_factory.mktemp("pipeline-smoke") / "repo")
+    return run | {"ws": ws}
 
 
 def _grid(params: dict) -> list[tuple[str, str, int]]:
@@ -152,26 +126,59 @@ def test_default_profile_reproduces_the_committed_metrics(tmp_path_factory: pyte
     assert UP_TO_DATE in _dvc("status", cwd=ws).stdout
 
 
-def test_one_default_training_reproduces_the_committed_bits(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """CI's share of exact re-execution (the whole default profile is `make test-exact`, about 9 minutes): on a clean
-    copy whose data stages ran from a calm shell (shared with tests/test_hermetic_runs.py), `dvc repro` of one PGPS
-    training of the default profile and its evaluation from a shell exporting other threads, CPU kernels and budget
-    (HOSTILE_ENV). The data stages' outputs hash to the committed dvc.lock (made from a hostile shell), the
-    training's lock entry (command, deps, params) is the committed one, and its held-out Dice equals the committed
-    results/metrics.json to the last bit."""
+def _unlike_the_committed_shell() -> dict[str, str]:
+    """A hostile shell that differs from HOSTILE_ENV, the shell the committed dvc.lock was made in, in every
+    variable either sets: test_hermetic_runs.HOSTILE (budget, augmentation, CUDA graphs, compile, nnU-Net's folders
+    and workers, TF32, inductor, ...) less what it shares with HOSTILE_ENV, so the thread counts and CPU kernels are
+    those of a calm shell. A variable that reached either run would move the bits of one and not the other."""
+    from test_hermetic_runs import HOSTILE
+
+    return calm_shell() | {k: v for k, v in HOSTILE.items() if HOSTILE_ENV.get(k) != v}
+
+
+def test_one_default_training_from_a_hostile_shell_reproduces_the_committed_bits(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """CI's share of exact re-execution (the whole default profile is `make test-exact`, about 9 minutes), and the
+    real run of the hermetic-environment checks (tests/test_hermetic_runs.py): on a clean copy whose data stages ran
+    from a calm shell, `dvc repro` of one PGPS training of the default profile and its evaluation from a shell unlike
+    the committed dvc.lock's in every variable (_unlike_the_committed_shell). The data stages' outputs hash to the
+    committed dvc.lock, the training's lock entry (command, deps, params) is the committed one, its knobs and torch's
+    threads are params.yaml's, and its held-out Dice equals the committed results/metrics.json to the last bit."""
     tasks = yaml.safe_load((ROOT / "params.yaml").read_text())["tasks"]
     prepared = prepared_repository(tmp_path_factory, *(f"plan@{task}" for task in tasks))
     ws = private_copy(prepared, tmp_path_factory.mktemp("default-one") / "repo")
     params = yaml.safe_load((ws / "params.yaml").read_text())
     task, run, fold = params["tasks"][0], "pgps", params["folds"][0]
     committed = yaml.safe_load(_committed(ws, Path("dvc.lock")))["stages"]
-    _run([str(BIN / "dvc"), "repro", f"evaluate@{task}-{run}-{fold}"], ws, env=HOSTILE_ENV)
+    shell = _unlike_the_committed_shell()
+    assert not {k for k, v in HOSTILE_ENV.items() if shell.get(k) == v}  # every variable differs
+    cmd = [str(BIN / "dvc"), "repro", f"evaluate@{task}-{run}-{fold}"]
+    proc = subprocess.run(cmd, cwd=ws, env=shell, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
     for stage in (f"acquire@{task}", f"convert@{task}", f"plan@{task}"):
         assert lock[stage] == committed[stage], stage
     train = f"train@{task}-{run}-{fold}"
     without_outs = lambda entry: {k: v for k, v in entry.items() if k != "outs"}  # noqa: E731  (logs carry times)
     assert without_outs(lock[train]) == without_outs(committed[train])
+    # the knobs the trainer read are params.yaml's, not the shell's (PGPS_NUM_EPOCHS=7, PGPS_TIME_BUDGET=30s, ...)
+    (config_path,) = (ws / "data" / "nnUNet_results" / task / run).rglob("pgps_config.json")
+    config = json.loads(config_path.read_text())
+    budget = params["budget"]
+    assert config["cpu_threads"] == params["runtime"]["threads"]  # torch's threads too (pgps.nnunet.cpu_threads)
+    knobs = config["knobs"]
+    assert (knobs["num_epochs"], knobs["iters_per_epoch"], knobs["save_every"]) == (
+        budget["epochs"],
+        budget["iters_per_epoch"],
+        budget["save_every"],
+    )
+    assert (knobs["time_budget"], knobs["min_full_share"], knobs["seed"]) == (
+        "off",
+        budget["min_full_share"],
+        params["seed"],
+    )
+    assert (knobs["augmentation"], knobs["cuda_graphs"]) == (budget["augmentation"], "off")
     dice = _run_metrics(ws, task, run, fold)["dice"]
     assert dice == json.loads((ws / METRICS).read_text())[task][run]["dice_folds"][f"fold_{fold}"]
 

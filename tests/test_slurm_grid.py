@@ -1,11 +1,11 @@
-"""The grid on a real SLURM cluster started here (scripts/slurm/start-cluster.sh: munge, slurmdbd on
-MariaDB, slurmctld, two virtual nodes with two fake GPUs each), through the same `pgps grid` commands a
-user runs. Toy trainings keep most of these short: arrays + task-by-task ties + dependencies + fake-GPU
-assignment, a training cancelled mid-run and requeued, a training that hits its time limit and is requeued by
-submitit (it waits alongside the smoke grid). The smoke grid runs the real pipeline on the task the session
-prepared once (shared with the Docker stage). The first tests need no cluster: how many sbatch calls the paper's
-grid takes, and what reaches the generated batch script (marker `slurm` only on the tests that start the
-cluster)."""
+"""The grid on a real SLURM cluster started here (scripts/slurm/start-cluster.sh: munge, slurmdbd on MariaDB,
+slurmctld, two virtual nodes with two fake GPUs each), through the same `pgps grid` commands a user runs. Toy
+trainings keep most of these short: arrays + task-by-task ties + dependencies + fake-GPU assignment, a training
+cancelled mid-run and requeued, a training that hits its time limit and is requeued by submitit (it waits alongside
+the smoke grid). The smoke grid runs the real pipeline's stages for one training that it removed from the finished
+smoke run `make test` shares (tests/smoke_run.py). The first tests need no cluster:
+how many sbatch calls the paper's grid takes, and what reaches the generated batch script (marker `slurm` only on
+the tests that start the cluster)."""
 
 from __future__ import annotations
 
@@ -26,20 +26,18 @@ from pgps.errors import PGPSError
 from pgps.grid.config import GridConfig, Resources
 from pgps.grid.runner import read_attempts
 from pgps.grid.slurm import sbatch_parameters
+from smoke_run import SMOKE_TASK, copy_run, finished_smoke_run, remove_training
 from test_grid_helpers import (
-    CPU_ENV,
     VENV_BIN,
     assert_record_complete,
     copy_pipeline_repo,
-    copy_prepared,
     dvc_status,
     make_toy_repo,
     pgps,
-    prepared_smoke_task,
     read_record,
-    smoke_reference_dir,
     structure,
 )
+from test_trainer_fixtures import CPU_ENV
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "slurm"
 SMALL = {
@@ -351,7 +349,8 @@ SMOKE_GRID = {
         "evaluate": {"cpus": 1, "mem_gb": 2, "gpus": 0, "time_min": 30},
     },
 }
-PGPS_RUN = "train@Task901_PGPSSynth-pgps-0"
+PGPS_RUN = f"train@{SMOKE_TASK}-pgps-0"
+METRICS = "metrics.json"
 
 
 @pytest.mark.slurm
@@ -359,62 +358,48 @@ PGPS_RUN = "train@Task901_PGPSSynth-pgps-0"
 def test_slurm_smoke_pipeline_grid_cancel_requeue_then_dvc_has_nothing_to_do(
     slurm_cluster: dict[str, str], tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, time_limit_grid: Path
 ) -> None:
-    """The real pipeline (nnU-Net trainings, evaluation, pgps report) on the smoke profile through `pgps grid
-    submit`, on the task the session prepared once (acquire/convert/plan already in dvc.lock); the PGPS training is
-    scancelled after its first epoch and requeued. Compared with a sequential run of the same profile: the Docker
-    stage's `reproduce` when it ran in this session, else a `dvc repro` started here alongside the grid."""
+    """The real pipeline (nnU-Net training, evaluation, pgps report, dvc commit) through `pgps grid submit`, started
+    from a copy of the smoke run `make test` shares (tests/smoke_run.py) with its PGPS training removed: the grid
+    submits exactly what that left stale, the PGPS training is scancelled after its first epoch and requeued, and
+    afterwards DVC has nothing to do. The other runs are the shared run's, untouched (CI time: one training instead
+    of four)."""
     env = slurm_cluster | {"PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
-    prepared = prepared_smoke_task(tmp_path_factory)
-    grid_repo = copy_prepared(prepared, tmp_path / "grid")
+    reference = finished_smoke_run(tmp_path_factory)["ws"]
+    grid_repo = copy_run(reference, tmp_path / "grid")
     params = yaml.safe_load((grid_repo / "params.yaml").read_text())
     (grid_repo / "params.yaml").write_text(yaml.safe_dump(params | {"grid": SMOKE_GRID}, sort_keys=False))
-    reference = smoke_reference_dir(tmp_path_factory)
-    seq = seq_log = None
-    if not (reference / "results" / "metrics.json").is_file():
-        reference = copy_prepared(prepared, tmp_path / "seq")
-        seq_log = (tmp_path / "seq.log").open("w")
-        seq = subprocess.Popen(
-            [str(VENV_BIN / "dvc"), "repro"], cwd=reference, env=os.environ | env, stdout=seq_log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    assert remove_training(grid_repo) == PGPS_RUN
+    results = grid_repo / "data" / "nnUNet_results" / SMOKE_TASK
+    kept = {p: p.stat().st_mtime_ns for p in results.rglob("checkpoint_final.pth")}
+    assert len(kept) == len(params["trainers"]) * len(params["folds"]) - 1
     t0 = time.time()
-    try:
-        sub = pgps(["grid", "submit"], grid_repo, env)
-        assert sub.returncode == 0, sub.stderr
-        state = json.loads((grid_repo / "logs" / "grid" / "grid.json").read_text())
-        # the prepared stages are up to date: only trainings, evaluations, the report (and dvc commit) run
-        assert {name.split("@")[0] for name in state["jobs"]} == {"train", "evaluate", "report", "dvc-commit"}
+    sub = pgps(["grid", "submit"], grid_repo, env)
+    assert sub.returncode == 0, sub.stderr
+    state = json.loads((grid_repo / "logs" / "grid" / "grid.json").read_text())
+    # what the removed training leaves stale, nothing else: its training and evaluation, the report, dvc commit
+    assert set(state["jobs"]) == {PGPS_RUN, PGPS_RUN.replace("train@", "evaluate@"), "report", "dvc-commit"}
 
-        def pgps_mid_run(rows: list[dict]) -> bool:
-            row = {r["run"]: r for r in rows}[PGPS_RUN]
-            return row["state"] == "running" and row["epoch"] is not None and 1 <= row["epoch"] < 4
+    def pgps_mid_run(rows: list[dict]) -> bool:
+        row = {r["run"]: r for r in rows}[PGPS_RUN]
+        return row["state"] == "running" and row["epoch"] is not None and 1 <= row["epoch"] < 4
 
-        row = {r["run"]: r for r in wait_grid(grid_repo, env, 900, until=pgps_mid_run)}[PGPS_RUN]
-        assert row["num_epochs"] == 4 and row["num_stages"] >= 2 and row["seconds_left"] is not None
-        cancel = subprocess.run(["scancel", row["job_id"]], env=os.environ | env, capture_output=True)
-        assert cancel.returncode == 0, cancel.stderr
+    row = {r["run"]: r for r in wait_grid(grid_repo, env, 900, until=pgps_mid_run)}[PGPS_RUN]
+    assert row["num_epochs"] == 4 and row["num_stages"] >= 2 and row["seconds_left"] is not None
+    cancel = subprocess.run(["scancel", row["job_id"]], env=os.environ | env, capture_output=True)
+    assert cancel.returncode == 0, cancel.stderr
 
-        def cancelled(rows: list[dict]) -> bool:
-            return {r["run"]: r for r in rows}[PGPS_RUN]["state"] == "failed"
+    def cancelled(rows: list[dict]) -> bool:
+        return {r["run"]: r for r in rows}[PGPS_RUN]["state"] == "failed"
 
-        wait_grid(grid_repo, env, 120, until=cancelled)
-        req = pgps(["grid", "requeue", PGPS_RUN], grid_repo, env)
-        assert req.returncode == 0, req.stderr
-        rows = {r["run"]: r for r in wait_grid(grid_repo, env, 1200)}
-        grid_wall = time.time() - t0
-        assert {r["state"] for r in rows.values()} == {"done"}, rows
-        if seq is not None:
-            assert seq.wait(timeout=1200) == 0, (tmp_path / "seq.log").read_text()[-3000:]
-    finally:
-        if seq is not None:
-            if seq.poll() is None:
-                seq.kill()
-                seq.wait()
-            seq_log.close()
-    print(f"smoke grid on the local cluster: {grid_wall:.0f} s (reference: {'here' if seq else 'Docker stage'})")
+    wait_grid(grid_repo, env, 120, until=cancelled)
+    req = pgps(["grid", "requeue", PGPS_RUN], grid_repo, env)
+    assert req.returncode == 0, req.stderr
+    rows = {r["run"]: r for r in wait_grid(grid_repo, env, 1200)}
+    assert {r["state"] for r in rows.values()} == {"done"}, rows
+    print(f"smoke grid on the local cluster: {time.time() - t0:.0f} s")
 
     # the cancelled run resumed from its checkpoint at the stage the schedule gives that epoch
-    (record,) = (grid_repo / "data" / "nnUNet_results" / "Task901_PGPSSynth" / "pgps").rglob("pgps_record.json")
+    (record,) = (results / "pgps").rglob("pgps_record.json")
     rec = read_record(record)
     sched = rec["schedule"]["stages"]
     want = [next(i for i, s in enumerate(sched) if s["start_epoch"] <= e < s["end_epoch"]) for e in range(4)]
@@ -424,17 +409,17 @@ def test_slurm_smoke_pipeline_grid_cancel_requeue_then_dvc_has_nothing_to_do(
     assert len(rec["resumes"]) == 1 and rec["resumes"][0]["at_epoch"] >= 1
     assert rows[PGPS_RUN]["attempts"] == 2
 
-    # after the grid, DVC has nothing left to do: status clean, repro runs no stage
+    # after the grid, DVC has nothing left to do: status clean, repro runs no stage; the other runs were not touched
     assert "up to date" in dvc_status(grid_repo)
-    finals = {p: p.stat().st_mtime_ns for p in (grid_repo / "data" / "nnUNet_results").rglob("checkpoint_final.pth")}
-    assert len(finals) == len(params["trainers"]) * len(params["folds"])
+    finals = {p: p.stat().st_mtime_ns for p in results.rglob("checkpoint_final.pth")}
+    assert len(finals) == len(kept) + 1 and {p: finals[p] for p in kept} == kept
     repro = subprocess.run(
         [str(VENV_BIN / "dvc"), "repro"], cwd=grid_repo, env=os.environ | env, capture_output=True, text=True
     )
     assert repro.returncode == 0 and "Running stage" not in repro.stdout, repro.stdout
     assert {p: p.stat().st_mtime_ns for p in finals} == finals
 
-    # the report has the structure of the sequential run's
+    # the grid's report stage wrote what the sequential run's did, with the new PGPS numbers in it
     def files(root: Path) -> list[str]:
         return sorted(str(p.relative_to(root)) for p in (root / "results").rglob("*") if p.is_file())
 
@@ -442,6 +427,10 @@ def test_slurm_smoke_pipeline_grid_cancel_requeue_then_dvc_has_nothing_to_do(
     g_metrics = json.loads((grid_repo / "results" / "metrics.json").read_text())
     s_metrics = json.loads((reference / "results" / "metrics.json").read_text())
     assert structure(g_metrics) == structure(s_metrics)
+    g_run = json.loads(
+        (grid_repo / "results" / "runs" / "Task901_PGPSSynth" / "pgps" / "fold_0" / "metrics.json").read_text()
+    )
+    assert g_metrics["Task901_PGPSSynth"]["pgps"]["dice_folds"]["fold_0"] == g_run["dice"]
     g_md = (grid_repo / "results" / "report.md").read_text().splitlines()
     s_md = (reference / "results" / "report.md").read_text().splitlines()
     assert [ln for ln in g_md if ln.startswith("#")] == [ln for ln in s_md if ln.startswith("#")]
