@@ -22,6 +22,11 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install -q --disable-pip-version-check pip==24.3.1
 	$(BIN)/pip install -q --disable-pip-version-check --no-compile --require-hashes -r requirements.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@# Bytecode for every module, on all cores (pip's own compile is one core): where PYTHONDONTWRITEBYTECODE is set
+	@# (the development machine sets it) Python never writes .pyc, so without this every process compiled what it
+	@# imported again: ~10 CPU-s per nnU-Net training (timm alone, imported by nnU-Net's trainer lookup), ~1.5 s per
+	@# dvc call. ~45 CPU-s once. Tests and torch's Python-3.12-only test files are skipped.
+	$(BIN)/python -m compileall -q -j 0 -x '/(tests?|testing)/' $(VENV)/lib src >/dev/null
 	touch $@
 
 # Debian packages the Docker and SLURM test stages need (root, idempotent; skipped when present).
