@@ -271,12 +271,14 @@ def test_slurm_cancelled_training_requeued_resumes_at_its_stage(slurm_cluster: d
     assert sub.returncode == 0, sub.stderr
     record = repo / "out" / "A" / "fold_1" / "pgps_record.json"
 
-    def mid_run(_rows: list[dict]) -> bool:
-        return record.is_file() and len(read_record(record)["epochs"]) >= 3
+    def mid_run(rows: list[dict]) -> bool:  # judged on the rows the status returned, not on the record read later
+        row = {r["run"]: r for r in rows}["train@A-1"]
+        return row["state"] == "running" and (row["epoch"] or 0) >= 3
 
     rows = {r["run"]: r for r in wait_grid(repo, slurm_cluster, 120, until=mid_run)}
     victim = rows["train@A-1"]
     assert victim["state"] == "running" and 3 <= victim["epoch"] < epochs and victim["seconds_left"] > 0
+    assert len(read_record(record)["epochs"]) >= victim["epoch"]  # the status counted the record's epochs
     cancel = subprocess.run(["scancel", victim["job_id"]], env=os.environ | slurm_cluster, capture_output=True)
     assert cancel.returncode == 0, cancel.stderr
     rows = {
