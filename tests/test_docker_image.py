@@ -337,7 +337,7 @@ def test_reproduce_in_container_without_network(
             assert f"Stage '{stage}' didn't change, skipping" in proc.stdout, proc.stdout[-3000:]
     if side_by_side:  # the removed training, its evaluation and the report, nothing else
         assert int(side_by_side[1]) == 3, proc.stdout[-3000:]
-    # DVC locked the re-run stages, the training came back, the report with it
+    # the training came back, and the report has its numbers
     assert (ws / "data" / "nnUNet_results" / SMOKE_TASK / "pgps" / "fold_0").is_dir()
     metrics = json.loads((ws / "results" / "metrics.json").read_text())
     report = (ws / "results" / "report.md").read_text()

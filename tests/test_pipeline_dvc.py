@@ -40,14 +40,10 @@ UP_TO_DATE = "Data and pipelines are up to date."
 METRICS = Path("results/metrics.json")
 
 
-def _env() -> dict[str, str]:
-    return pipeline_env()
-
-
 def _run(
     cmd: list[str], cwd: Path, timeout: float = 2400, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=_env() | (env or {}), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, env=pipeline_env(env), capture_output=True, text=True, timeout=timeout)
     output = f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{output}"
     return proc
@@ -303,7 +299,7 @@ def test_changing_one_trainer_reruns_only_its_stages_resumes_after_kill_and_repr
     proc = subprocess.Popen(
         [str(BIN / "dvc"), "repro"],
         cwd=ws,
-        env=_env(),
+        env=pipeline_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -351,7 +347,7 @@ def test_killed_report_stage_is_not_done_and_reruns(repro: dict) -> None:
     proc = subprocess.Popen(
         [str(BIN / "dvc"), "repro", "--force", "--single-item", "report"],
         cwd=ws,
-        env=_env(),
+        env=pipeline_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

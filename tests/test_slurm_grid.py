@@ -352,7 +352,6 @@ SMOKE_GRID = {
     },
 }
 PGPS_RUN = f"train@{SMOKE_TASK}-pgps-0"
-METRICS = "metrics.json"
 
 
 @pytest.mark.slurm
@@ -429,10 +428,8 @@ def test_slurm_smoke_pipeline_grid_cancel_requeue_then_dvc_has_nothing_to_do(
     g_metrics = json.loads((grid_repo / "results" / "metrics.json").read_text())
     s_metrics = json.loads((reference / "results" / "metrics.json").read_text())
     assert structure(g_metrics) == structure(s_metrics)
-    g_run = json.loads(
-        (grid_repo / "results" / "runs" / "Task901_PGPSSynth" / "pgps" / "fold_0" / "metrics.json").read_text()
-    )
-    assert g_metrics["Task901_PGPSSynth"]["pgps"]["dice_folds"]["fold_0"] == g_run["dice"]
+    g_run = json.loads((grid_repo / "results" / "runs" / SMOKE_TASK / "pgps" / "fold_0" / "metrics.json").read_text())
+    assert g_metrics[SMOKE_TASK]["pgps"]["dice_folds"]["fold_0"] == g_run["dice"]
     g_md = (grid_repo / "results" / "report.md").read_text().splitlines()
     s_md = (reference / "results" / "report.md").read_text().splitlines()
     assert [ln for ln in g_md if ln.startswith("#")] == [ln for ln in s_md if ln.startswith("#")]
