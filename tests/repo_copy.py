@@ -90,6 +90,8 @@ def prepared_repository(tmp_path_factory: pytest.TempPathFactory, *targets: str)
 
 
 def private_copy(prepared: Path, dest: Path) -> Path:
-    """A copy of a prepared repository that a test may change (the git repository, DVC's cache and lock with it)."""
-    shutil.copytree(prepared, dest, symlinks=True)
+    """A copy of a prepared repository that a test may change (the git repository, DVC's cache and lock with it):
+    ``cp -a``, so outputs stay hard links into the copy's own DVC cache (a Python copytree stored every checkpoint
+    twice)."""
+    subprocess.run(["cp", "-a", str(prepared), str(dest)], check=True)
     return dest

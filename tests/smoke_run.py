@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from repo_copy import copy_repository, once
+from repo_copy import copy_repository, once, private_copy
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,10 +116,9 @@ def start_in_background() -> threading.Thread | None:
 
 
 def copy_run(ws: Path, dest: Path, with_code: bool = True) -> Path:
-    """``cp -a`` of a pipeline workspace: its outputs stay hard links into its own copy of the DVC cache (a Python
-    copytree would store every checkpoint twice). ``with_code=False`` drops the code, so the Docker image's entry
-    point links its own (src -> /opt/pgps/src, the same files)."""
-    subprocess.run(["cp", "-a", str(ws), str(dest)], check=True)
+    """A private copy of a finished workspace (:func:`repo_copy.private_copy`); ``with_code=False`` drops the code,
+    so the Docker image's entry point links its own (src -> /opt/pgps/src, the same files)."""
+    private_copy(ws, dest)
     if not with_code:
         shutil.rmtree(dest / "src")
     return dest
