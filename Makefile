@@ -7,6 +7,10 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# uv reads no pip configuration: the system's certificates (--system-certs) or the CA bundle pip is told of (a
+# TLS-intercepting proxy), and pip's local wheel folder
+UV_CERT := $(if $(PIP_CERT),SSL_CERT_FILE=$(PIP_CERT))
+UV_FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
 export nnUNet_compile ?= f
 export nnUNet_n_proc_DA ?= 0
 export nnUNet_def_n_proc ?= 2
@@ -20,7 +24,12 @@ $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (the pins are for CPython 3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check pip==24.3.1
-	$(BIN)/pip install -q --disable-pip-version-check --no-compile --require-hashes -r requirements.lock
+	@# uv installs the lock: the same files, checked against the same sha256s, unpacked on all cores (measured: pip 51 s
+	@# on one core, uv 17 s with an empty cache). uv itself comes from the lock, hash-checked, through pip.
+	awk '/^uv==/{p=1} p{print; if ($$0 !~ /\\$$/) exit}' requirements.lock >$(VENV)/uv-requirement.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --require-hashes -r $(VENV)/uv-requirement.txt
+	$(UV_CERT) $(BIN)/uv pip install -q --system-certs --python $(BIN)/python --require-hashes $(UV_FIND_LINKS) \
+	  -r requirements.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@# Bytecode for every module, on all cores (pip's own compile is one core): where PYTHONDONTWRITEBYTECODE is set
 	@# (the development machine sets it) Python never writes .pyc, so without this every process compiled what it
