@@ -270,9 +270,11 @@ def test_device_check_dry_run_on_cpu_and_its_imports(tmp_path: Path) -> None:
     assert pgps["summary"]["sessions"] == 2 and len(pgps["summary"]["stages"]) == n
     assert 0 <= pgps["final_validation_dice"] <= 1
     assert res["phases"]["predict"]["rc"] == 0 and len(res["phases"]["predict"]["dice"]) == 1
-    for phase in ("constant", "pgps_plus", "compile", "graphs"):
+    for phase in ("constant", "pgps_plus", "compile", "graphs"):  # training timed, no final validation
         assert res["phases"][phase]["run"]["rc"] == 0, phase
         assert res["phases"][phase]["summary"]["training_s"] > 0
+        assert res["phases"][phase]["env"]["GPU_PROBE_FINAL_VALIDATION"] == "off"
+        assert "final_validation_dice" not in res["phases"][phase], phase
     assert res["phases"]["graphs"]["env"]["PGPS_CUDA_GRAPHS"] == "on"
     assert 0 < res["projection"]["pgps_over_constant"] < 1.5
     imported = carry.imported_distributions(trace)

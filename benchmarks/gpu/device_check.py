@@ -11,7 +11,8 @@ is left than it needs; ``--phases`` picks; results go to ``<out>/device_check.js
                memory, the CUDA dry run), one epoch per stage; killed (SIGKILL, whole process
                group) once it prints ``Epoch <kill_epoch>``, resumed with ``--c``; nnU-Net's final
                validation.
-``constant``   the baseline with the same budget (for the projected ratio).
+``constant``   the baseline with the same budget (for the projected ratio). This and the phases below time
+               training only: no final validation (the probe trainers skip it).
 ``predict``    ``nnUNetv2_predict`` with the PGPS model on the carried test case; Dice.
 ``compile``    PGPS with torch.compile as the trainers configure it (static shapes per stage), two
                epochs (first and full stage): compile seconds per stage inside training.
@@ -361,6 +362,8 @@ def run_train(
     trainer = PROBE[mode]
     env = base_env(args.work, args.dry, results=f"results_{phase}")
     env.update(knobs(args.epochs, args.iters, args.val_iters, **extra))
+    if phase != "pgps":  # only PGPS's final validation is scored (and predicted from); the others time training
+        env["GPU_PROBE_FINAL_VALIDATION"] = "off"  # probe_trainers.SKIP_VALIDATION
     if not args.dry:
         if compile_on:
             env.pop("nnUNet_compile", None)  # nnU-Net's CUDA default: compile
@@ -368,7 +371,7 @@ def run_train(
             env["nnUNet_compile"] = "f"
     fold = fold_dir(args.work, f"results_{phase}", trainer)
     log = args.work / f"train_{phase}.log"
-    shown = {k: env[k] for k in sorted(env) if k.startswith(("PGPS_", "nnUNet_compile", "nnUNet_n_proc"))}
+    shown = {k: env[k] for k in sorted(env) if k.startswith(("PGPS_", "nnUNet_compile", "nnUNet_n_proc", "GPU_PROBE"))}
     result: dict = {"trainer": trainer, "env": shown}
     kill_on = rf": Epoch {args.kill_epoch}$" if kill else None
     first = _run(train_cmd(trainer, False, args.dry), env, log, deadline, kill_on=kill_on)

@@ -20,6 +20,9 @@ from pgps.trainers.nnUNetTrainerConstant import nnUNetTrainerConstant
 from pgps.trainers.nnUNetTrainerPGPS import nnUNetTrainerPGPS
 from pgps.trainers.nnUNetTrainerPGPSPlus import nnUNetTrainerPGPSPlus
 
+#: device_check's setting for a run whose final validation is not wanted
+SKIP_VALIDATION = ("GPU_PROBE_FINAL_VALIDATION", "off")
+
 
 class GpuProbeMixin(BenchMixin):
     """No ``__init__``: nnU-Net records its init arguments from the signature."""
@@ -51,6 +54,15 @@ class GpuProbeMixin(BenchMixin):
             }
         )
         self._probe_dump()
+
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        """Skipped where device_check says so (``GPU_PROBE_FINAL_VALIDATION=off``: the phases that time training
+        only; the pgps phase validates and the predict phase scores its model): device time and, in the CPU dry
+        run, two spawn pools that each import torch."""
+        if os.environ.get(SKIP_VALIDATION[0]) == SKIP_VALIDATION[1]:
+            self.print_to_log_file("final validation skipped: this device-check phase times training only")
+            return
+        super().perform_actual_validation(save_probabilities)
 
     def _probe_dump(self) -> None:
         probe, log = self._probe(), self._bench_log()
