@@ -92,7 +92,7 @@ def test_shipped_params_and_profiles_are_valid() -> None:
     reduced = [s for s in default.trainers.values() if s.trainer_class.endswith("Constant") and s.name != "constant"]
     assert [s.budget.iters_per_epoch / budget.iters_per_epoch for s in reduced] == [0.4375]  # PGPS's 0.44, rounded
     smoke = load_params(ROOT / "profiles" / "smoke.yaml")
-    assert smoke.folds == (0,) and smoke.tasks == ("Task901_PGPSSynth",)
+    assert smoke.folds == (0,) and smoke.tasks == ("Task903_PGPSSynthSmall",)
     full = load_params(ROOT / "profiles" / "full.yaml")
     assert len(full.tasks) == 10 and full.folds == (0, 1, 2, 3, 4) and full.device == "cuda"
     assert (full.budget.epochs, full.budget.iters_per_epoch) == (1000, 250)
