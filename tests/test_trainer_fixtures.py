@@ -2,7 +2,8 @@
 nnU-Net's own tools once per pytest session (a done-marker in the session's base temp dir lets
 every trainer test module reuse it), and a way to stop a training at a known point so a test can
 kill it there (a line on a pipe, not a timing guess). No tests here. Cost: ~30 s (3d_fullres),
-+~15 s each for the 2d and ResEnc-M plans, built only when a test asks for them."""
++~15 s for the 2d plans and preprocessing, ~8 s for the ResEnc-M plans (its data is the default plans'), each
+built only when a test asks for it."""
 
 from __future__ import annotations
 
@@ -86,22 +87,15 @@ def with_configuration(root: Path, what: str) -> Path:
         run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", NP, "-npfp", NP], env)
     else:
         run([str(BIN / "nnUNetv2_plan_experiment"), "-d", str(DATASET_ID), "-pl", "nnUNetPlannerResEncM"], env)
-        run(
-            [
-                str(BIN / "nnUNetv2_preprocess"),
-                "-d",
-                str(DATASET_ID),
-                "-plans_name",
-                "nnUNetResEncUNetMPlans",
-                "-c",
-                "3d_fullres",
-                "-np",
-                NP,
-            ],
-            env,
-        )
+        # nnU-Net's ResEnc presets share the default plans' preprocessed data (same data identifier, only network and
+        # batch differ): nnUNetv2_preprocess would write the same files again, so it is not run
+        default, resenc = (load_plans(root, name)["configurations"]["3d_fullres"] for name in PLANS)
+        assert default["data_identifier"] == resenc["data_identifier"] == "nnUNetPlans_3d_fullres", resenc
     done.touch()
     return root
+
+
+PLANS = ("nnUNetPlans", "nnUNetResEncUNetMPlans")  # the default plans, ResEnc M's (with_configuration 'resenc')
 
 
 def load_plans(root: Path, plans: str = "nnUNetPlans") -> dict:
