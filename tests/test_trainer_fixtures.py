@@ -2,7 +2,7 @@
 nnU-Net's own tools once per pytest session (a done-marker in the session's base temp dir lets
 every trainer test module reuse it), and a way to stop a training at a known point so a test can
 kill it there (a line on a pipe, not a timing guess). No tests here. Cost: ~30 s (3d_fullres),
-+~15 s for the 2d plans and preprocessing, ~8 s for the ResEnc-M plans (its data is the default plans'), each
++~15 s for the 2d plans and preprocessing, ~5 s for the ResEnc-M plans (its data is the default plans'), each
 built only when a test asks for it."""
 
 from __future__ import annotations
