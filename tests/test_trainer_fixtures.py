@@ -2,7 +2,7 @@
 nnU-Net's own tools once per pytest session (a done-marker in the session's base temp dir lets
 every trainer test module reuse it), and a way to stop a training at a known point so a test can
 kill it there (a line on a pipe, not a timing guess). No tests here. Cost: ~30 s (3d_fullres),
-+~15 s for the 2d plans and preprocessing, ~5 s for the ResEnc-M plans (its data is the default plans'), each
++ the 2d preprocessing, ~5 s for the ResEnc-M plans (its data is the default plans'), each
 built only when a test asks for it."""
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ def with_configuration(root: Path, what: str) -> Path:
     if done.exists():
         return root
     env = _plan_env(root)
-    if what == "2d":
-        run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", NP, "-npfp", NP], env)
+    if what == "2d":  # nnUNetPlans.json already plans 2d (nnU-Net plans every configuration, preprocesses the asked)
+        run([str(BIN / "nnUNetv2_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", NP], env)
     else:
         run([str(BIN / "nnUNetv2_plan_experiment"), "-d", str(DATASET_ID), "-pl", "nnUNetPlannerResEncM"], env)
         # nnU-Net's ResEnc presets share the default plans' preprocessed data (same data identifier, only network and
