@@ -24,6 +24,7 @@ import yaml
 
 from pgps.errors import PGPSError
 from pgps.grid.config import GridConfig, Resources
+from pgps.grid.progress import find_records, read_progress
 from pgps.grid.runner import read_attempts
 from pgps.grid.slurm import sbatch_parameters
 from smoke_run import SMOKE_TASK, copy_run, finished_smoke_run, remove_training
@@ -354,17 +355,6 @@ SMOKE_GRID = {
 PGPS_RUN = f"train@{SMOKE_TASK}-pgps-0"
 
 
-def _recorded_epochs(run_results: Path) -> int:
-    """Epochs a running training of the pipeline has recorded so far (in its ``.fold_N.*.partial`` folder; 0
-    before the record exists or while it is being replaced)."""
-    for path in run_results.glob(".fold_*.partial/Dataset*/*/fold_*/pgps_record.json"):
-        try:
-            return len(json.loads(path.read_text())["epochs"])
-        except (OSError, ValueError, KeyError):
-            return 0
-    return 0
-
-
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_slurm_smoke_pipeline_grid_cancel_requeue_then_dvc_has_nothing_to_do(
@@ -396,10 +386,14 @@ def test_slurm_smoke_pipeline_grid_cancel_requeue_then_dvc_has_nothing_to_do(
         assert row["epoch"] is None or row["epoch"] < 4, f"the training ended before the grid saw it mid-run: {row}"
         return row["state"] == "running" and row["epoch"] is not None and 1 <= row["epoch"] < 4
 
+    def recorded_epochs() -> int:  # what `pgps grid status` reads of the job's outputs, without starting a process
+        progress = [p for p in map(read_progress, find_records(state["jobs"][PGPS_RUN]["outs"])) if p is not None]
+        return progress[0].epochs_done if progress else 0
+
     # the 16^3 task's epochs take about a second each: wait for the first one in this process (a file read every
     # 0.1 s), so that the grid's status, asked next, meets the training between its epochs 1 and 4
     deadline = time.time() + 900
-    while _recorded_epochs(results / "pgps") < 1 and time.time() < deadline:
+    while recorded_epochs() < 1 and time.time() < deadline:
         time.sleep(0.1)
     row = {r["run"]: r for r in wait_grid(grid_repo, env, 900, until=pgps_mid_run)}[PGPS_RUN]
     assert row["num_epochs"] == 4 and row["num_stages"] >= 2 and row["seconds_left"] is not None
