@@ -21,10 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from repo_copy import copy_repository, once, private_copy
+from repo_copy import ROOT, copy_repository, once, private_copy
 
 BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parents[1]
 SHARED_ENV = "PGPS_TEST_SHARED"
 (SMOKE_TASK,) = yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text())["tasks"]  # the profile's one task
 #: the run the Docker and SLURM stages remove and re-run (the PGPS training of the smoke profile's one fold)
