@@ -5,6 +5,10 @@ string is a whole-string match, so nothing breaks out of its ``#SBATCH`` line. F
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -237,6 +241,33 @@ def test_dry_run_lists_jobs_requests_and_order(tmp_path: Path) -> None:
     assert "report: 1 cpus, 1 GB, 0 gpus, 5 min after train@A-0, train@A-1" in lines
     assert "4 stages to run (0 stages already up to date)" in lines
     assert not (repo / "logs").exists()  # nothing submitted, nothing written
+
+
+def test_dry_run_of_a_partly_finished_grid_runs_what_dvc_status_names_and_downstream(tmp_path: Path) -> None:
+    """After `dvc repro`, one training's output removed and one plan's command changed: the grid runs exactly the
+    stages `dvc status` names, plus what is downstream of them (train@A-* have unchanged dependencies of their own
+    but follow their re-planned task); everything else counts as up to date."""
+    repo = make_toy_repo(tmp_path / "repo", ["A", "B"], [0, 1], 1, 0.0)
+    dvc = str(Path(sys.executable).parent / "dvc")
+    subprocess.run([dvc, "repro", "-q"], cwd=repo, check=True, capture_output=True)
+    shutil.rmtree(repo / "out" / "B" / "fold_1")
+    pipeline = yaml.safe_load((repo / "dvc.yaml").read_text())
+    pipeline["stages"]["plan"]["do"]["cmd"] += " && true"  # same output, another command: plan@A and plan@B
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    status = subprocess.run([dvc, "status"], cwd=repo, check=True, capture_output=True, text=True).stdout
+    named = sorted(line[:-1] for line in status.splitlines() if re.match(r"^\S.*:$", line))
+    assert named == ["plan@A", "plan@B", "report", "train@B-1"], status
+    proc = pgps(["grid", "submit", "--dry-run", "--executor", "local"], repo)
+    assert proc.returncode == 0, proc.stderr
+    to_run = sorted(line.split(":")[0] for line in proc.stdout.splitlines()[:-1])
+    assert to_run == ["plan@A", "plan@B", "report", "train@A-0", "train@A-1", "train@B-0", "train@B-1"]
+    assert proc.stdout.splitlines()[-1] == "7 stages to run (0 stages already up to date)"
+    pipeline["stages"]["plan"]["do"]["cmd"] = pipeline["stages"]["plan"]["do"]["cmd"].removesuffix(" && true")
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    proc = pgps(["grid", "submit", "--dry-run", "--executor", "local"], repo)
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split(":")[0] for line in proc.stdout.splitlines()[:-1]] == ["train@B-1", "report"]
+    assert proc.stdout.splitlines()[-1] == "2 stages to run (5 stages already up to date)"
 
 
 @pytest.mark.beside_daemons  # make test: in the Docker/SLURM process (CI balance)
