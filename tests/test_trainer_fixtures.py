@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from pgps.paths import TRAINERS_DIR
+from repo_copy import once
 
 BIN = Path(sys.executable).parent
 DATASET_ID = 901
@@ -58,12 +60,28 @@ def _plan_env(root: Path) -> dict[str, str]:
 
 
 def reduced_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3d_fullres-planned reduced task (8 training cases, 2 test cases), built once."""
+    """3d_fullres-planned reduced task (8 training cases, 2 test cases), this session's own copy (tests add
+    configurations to it: :func:`with_configuration`). Built once: under `make test` by whichever of its two pytest
+    processes asks first, in the folder both see (PGPS_TEST_SHARED), and copied by each (a few MB, no absolute paths
+    in nnU-Net's files); the second process's own build was ~18 CPU-s of planning and torch-importing workers."""
     root = tmp_path_factory.getbasetemp() / "pgps_trainer_data"
     done = root / "3d_fullres.done"
     if done.exists():
         return root
-    root.mkdir(parents=True, exist_ok=True)
+    shared = os.environ.get("PGPS_TEST_SHARED")
+    if shared:
+        made = once(Path(shared), "reduced-task", _make_reduced)
+        shutil.rmtree(root, ignore_errors=True)
+        subprocess.run(["cp", "-a", str(made), str(root)], check=True)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+        _make_reduced(root)
+    done.touch()
+    return root
+
+
+def _make_reduced(root: Path) -> None:
+    root.mkdir(parents=True)
     from pgps.data.synthetic import make_task
 
     task = make_task(root / "msd", seed=0, variant="iso", num_train=8, num_test=2)
@@ -73,8 +91,6 @@ def reduced_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", NP, "-npfp", NP],
         env,
     )
-    done.touch()
-    return root
 
 
 def with_configuration(root: Path, what: str) -> Path:
