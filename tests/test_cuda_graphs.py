@@ -246,8 +246,8 @@ def test_device_check_dry_run_on_cpu_and_its_imports(tmp_path: Path) -> None:
 
     from benchmarks.gpu import carry
 
-    info = carry.build_dataset(
-        tmp_path / "plan", shape=(16, 16, 16), num_train=6, num_test=1, tar_path=tmp_path / "d.tar"
+    info = carry.build_dataset(  # one worker per nnU-Net pool: 16^3 cases, and each worker imports torch
+        tmp_path / "plan", shape=(16, 16, 16), num_train=6, num_test=1, tar_path=tmp_path / "d.tar", processes=1
     )
     assert info["image_reader_writer"] == "NibabelIO" and info["patch_size"] == [16, 16, 16]
     out, trace = tmp_path / "out", tmp_path / "trace"

@@ -233,26 +233,19 @@ def build_dataset(
     num_train: int = NUM_TRAIN,
     num_test: int = NUM_TEST,
     tar_path: Path = DATA_TAR,
+    processes: int = 2,
 ) -> dict:
-    """Generate, plan and preprocess with this venv's nnU-Net; pack into ``tar_path``."""
+    """Generate, plan and preprocess with this venv's nnU-Net (``processes`` workers in each of its pools, every
+    one importing torch); pack into ``tar_path``."""
     bin_dir = Path(sys.executable).parent
     dirs = {k: work / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     raw_dataset(dirs["nnUNet_raw"], seed, shape, num_train, num_test)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "PGPS_"))}
-    env.update({k: str(v) for k, v in dirs.items()}, nnUNet_n_proc_DA="1", nnUNet_def_n_proc="2")
-    cmd = [
-        str(bin_dir / "nnUNetv2_plan_and_preprocess"),
-        "-d",
-        str(DATASET_ID),
-        "-c",
-        "3d_fullres",
-        "-np",
-        "2",
-        "-npfp",
-        "2",
-    ]
+    env.update({k: str(v) for k, v in dirs.items()}, nnUNet_n_proc_DA="1", nnUNet_def_n_proc=str(processes))
+    cmd = [str(bin_dir / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres"]
+    cmd += ["-np", str(processes), "-npfp", str(processes)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise PGPSError(f"{DATASET}: nnUNetv2_plan_and_preprocess failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
