@@ -106,9 +106,9 @@ def test_missing_extra_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, ca
 
 
 def test_schedule_knows_every_shipped_trainer_and_the_budget_its_name_says() -> None:
-    """-tr accepts every class in src/pgps/trainers (the list is read from there, not typed; tests/
-    test_params_validation.py checks the reading against the imported classes); a class named ..._<N>epochs
-    schedules N epochs, and a different --epochs is refused as the trainer would refuse it."""
+    """-tr accepts every class in src/pgps/trainers (the list is read from there, not typed;
+    tests/test_trainer_integration.py checks the reading against the classes nnU-Net's lookup imports); a class
+    named ..._<N>epochs schedules N epochs, and a different --epochs is refused as the trainer would refuse it."""
     files = {p.stem for p in TRAINERS_DIR.glob("*.py") if p.stem != "__init__"}
     assert set(TRAINER_MODES) == files | {"nnUNetTrainer"}
     budget_classes = sorted(n for n in files if n.endswith("epochs"))
