@@ -151,9 +151,11 @@ def test_2d_configuration_two_axis_schedule(root: Path, tmp_path: Path, monkeypa
 
 def test_resenc_m_plans(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with_configuration(root, "resenc")
+    # one iteration an epoch: ResEnc-M plans batch 8 (the default plans 2) through a deeper encoder, ~5x the step
     trainer = make_trainer(
-        root, tmp_path, "nnUNetTrainerPGPS", monkeypatch, plans="nnUNetResEncUNetMPlans", PGPS_NUM_EPOCHS="2"
-    )
+        root, tmp_path, "nnUNetTrainerPGPS", monkeypatch, plans="nnUNetResEncUNetMPlans", PGPS_NUM_EPOCHS="2",
+        PGPS_ITERS_PER_EPOCH="1",
+    )  # fmt: skip
     assert trainer.configuration_manager.network_arch_class_name.endswith("ResidualEncoderUNet")
     trainer.run_training()
     check_record(trainer)
