@@ -52,8 +52,7 @@ lint: setup
 	$(BIN)/mypy  # src/, configured in pyproject.toml
 
 # scripts/run-tests.sh: the Docker/SLURM stages (mostly waiting: image build, queue) run beside the CPU-bound rest,
-# one math thread per process, the SLURM stage beside the beside_daemons tests (a third group for the WHOLE run was
-# measured slower: 2060 s against 1555 s; one for the SLURM stage's ~2 minutes filled an idle core);
+# one math thread per process (a third group was measured slower: 2060 s against 1555 s);
 # tests/test_core_install.py's fresh Python 3.12 venv installs in the background from collection on and runs last
 # (tests/conftest.py); each half lists its slowest tests at the end. Extra pytest arguments: make test ARGS="-x".
 test:

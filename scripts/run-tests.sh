@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# `make test`: the whole suite as two pytest processes side by side (three while the SLURM stage runs), because CI's
-# 2 cores spend much of the Docker and SLURM stages waiting (image build: network and disk; SLURM: the scheduler,
-# a requeue, a time limit running out) while the rest is CPU-bound. All run to the end; the exit status fails if any
-# failed. The daemon stages' output goes to logs/test-daemons.log and is printed after the main run. Each prints its
-# slowest tests (--durations).
+# `make test`: the whole suite as two pytest processes side by side, because CI's 2 cores spend much of the Docker
+# and SLURM stages waiting (image build: network and disk; SLURM: queue polls, a time limit running out) while the
+# rest is CPU-bound. Both always run to the end; the exit status fails if either failed. The daemon stages' output
+# goes to logs/test-daemons.log and is printed after the main run. Each prints its slowest tests (--durations).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -27,27 +26,17 @@ start=$(date +%s)
 free_space() { df -h --output=avail "${TMPDIR:-/tmp}" | tail -1 | tr -d ' '; }
 free_at_start=$(free_space)
 
-# The second process: the Docker stage, then the SLURM stage and the tests marked beside_daemons (self-contained,
-# CPU-bound) side by side: a SLURM job waits for the scheduler, a requeue or a time limit for much of the stage, and
-# with only the main run beside it one core sat idle for ~2 minutes (measured, /proc/stat every 5 s). The core-install
-# test (beside_daemons) still starts after the Docker stage's ~10 GB are gone (disk).
-slurm_log=logs/test-slurm.log
+# The second process: the Docker and SLURM stages, then the tests marked beside_daemons (self-contained, CPU-bound:
+# measured, the main run otherwise went on alone on one core for its last 20 minutes).
 (
-  "$PY" -m pytest -q --timeout=1500 --durations=15 -m "docker and not exact" "$@"
-  docker_rc=$?
-  "$PY" -m pytest -q --timeout=1500 --durations=15 -m "slurm and not docker and not exact" "$@" >"$slurm_log" 2>&1 &
-  slurm=$!
+  "$PY" -m pytest -q --timeout=1500 --durations=15 -m "(docker or slurm) and not exact" "$@"
+  first=$?
   "$PY" -m pytest -q --timeout=1500 --durations=10 -m "beside_daemons and not docker and not slurm and not exact" "$@"
-  beside_rc=$?
-  wait "$slurm"
-  slurm_rc=$?
-  echo
-  echo "------------------- SLURM stage (ran beside the beside_daemons tests; $slurm_log) -------------------"
-  cat "$slurm_log"
-  for rc in "$docker_rc" "$slurm_rc" "$beside_rc"; do  # pytest exit 5 = nothing collected (e.g. a -k for other tests)
+  second=$?
+  for rc in "$first" "$second"; do  # pytest exit 5 = nothing collected (e.g. a -k for the other process's tests)
     [ "$rc" -eq 0 ] || [ "$rc" -eq 5 ] || exit "$rc"
   done
-  [ "$docker_rc" -eq 5 ] && [ "$slurm_rc" -eq 5 ] && [ "$beside_rc" -eq 5 ] && exit 5
+  [ "$first" -eq 5 ] && [ "$second" -eq 5 ] && exit 5
   exit 0
 ) >"$daemons_log" 2>&1 &
 daemons=$!
@@ -61,7 +50,7 @@ daemons_rc=$?
 rm -rf "$PGPS_TEST_SHARED"
 
 echo
-echo "=================== Docker stage, then the beside_daemons tests and the SLURM stage (ran alongside; $daemons_log) ==================="
+echo "=================== Docker and SLURM stages, then the beside_daemons tests (ran alongside; $daemons_log) ==================="
 cat "$daemons_log"
 echo
 echo "make test: main run exit $main_rc, Docker/SLURM run exit $daemons_rc, $(($(date +%s) - start)) s in all;" \
