@@ -1,9 +1,9 @@
 """Shared data for the trainer tests: ONE reduced task, generated, converted and planned by
-nnU-Net's own tools once per pytest session (a done-marker in the session's base temp dir lets
-every trainer test module reuse it), and a way to stop a training at a known point so a test can
-kill it there (a line on a pipe, not a timing guess). No tests here. Cost: ~30 s (3d_fullres),
-+ the 2d preprocessing, ~5 s for the ResEnc-M plans (its data is the default plans'), each
-built only when a test asks for it."""
+nnU-Net's own tools once per pytest session, or once per `make test` for both of its processes
+(a done-marker in the session's base temp dir lets every trainer test module reuse it), and a
+way to stop a training at a known point so a test can kill it there (a line on a pipe, not a
+timing guess). No tests here. Cost: ~30 s (3d_fullres), + the 2d preprocessing, ~5 s for the
+ResEnc-M plans (its data is the default plans'), each built only when a test asks for it."""
 
 from __future__ import annotations
 
