@@ -8,7 +8,6 @@ import argparse
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from pgps.grid.config import (
     validate_grid_overrides,
 )
 from pgps.grid.slurm import sbatch_parameters
-from test_grid_helpers import copy_pipeline_repo, make_toy_repo, pgps
+from test_grid_helpers import VENV_BIN, copy_pipeline_repo, make_toy_repo, pgps
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -248,7 +247,7 @@ def test_dry_run_of_a_partly_finished_grid_runs_what_dvc_status_names_and_downst
     stages `dvc status` names, plus what is downstream of them (train@A-* have unchanged dependencies of their own
     but follow their re-planned task); everything else counts as up to date."""
     repo = make_toy_repo(tmp_path / "repo", ["A", "B"], [0, 1], 1, 0.0)
-    dvc = str(Path(sys.executable).parent / "dvc")
+    dvc = str(VENV_BIN / "dvc")
     subprocess.run([dvc, "repro", "-q"], cwd=repo, check=True, capture_output=True)
     shutil.rmtree(repo / "out" / "B" / "fold_1")
     pipeline = yaml.safe_load((repo / "dvc.yaml").read_text())

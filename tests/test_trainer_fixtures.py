@@ -68,13 +68,12 @@ def reduced_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     done = root / "3d_fullres.done"
     if done.exists():
         return root
+    shutil.rmtree(root, ignore_errors=True)  # a half-made one of an earlier failure
     shared = os.environ.get("PGPS_TEST_SHARED")
     if shared:
         made = once(Path(shared), "reduced-task", _make_reduced)
-        shutil.rmtree(root, ignore_errors=True)
         subprocess.run(["cp", "-a", str(made), str(root)], check=True)
     else:
-        shutil.rmtree(root, ignore_errors=True)
         _make_reduced(root)
     done.touch()
     return root
