@@ -28,19 +28,11 @@ free_at_start=$(free_space)
 
 # The second process: the Docker and SLURM stages, then the tests marked beside_daemons (self-contained, CPU-bound:
 # measured, the main run otherwise went on alone on one core for its last 20 minutes).
-(
-  "$PY" -m pytest -q --timeout=1500 --durations=15 -m "(docker or slurm) and not exact" "$@"
-  first=$?
-  "$PY" -m pytest -q --timeout=1500 --durations=10 -m "beside_daemons and not docker and not slurm and not exact" "$@"
-  second=$?
-  for rc in "$first" "$second"; do  # pytest exit 5 = nothing collected (e.g. a -k for the other process's tests)
-    [ "$rc" -eq 0 ] || [ "$rc" -eq 5 ] || exit "$rc"
-  done
-  [ "$first" -eq 5 ] && [ "$second" -eq 5 ] && exit 5
-  exit 0
-) >"$daemons_log" 2>&1 &
+# One pytest session (one collection: ~10 CPU-s); tests/conftest.py runs the Docker and SLURM stages first.
+"$PY" -m pytest -q --timeout=1500 --durations=20 -m "(docker or slurm or beside_daemons) and not exact" "$@" \
+  >"$daemons_log" 2>&1 &
 daemons=$!
-# stopping make test stops the second process's pytest too (the subshell's children first, then the subshell)
+# stopping make test stops the second process's pytest too
 trap 'pkill -TERM -P "$daemons" 2>/dev/null; kill "$daemons" 2>/dev/null; wait "$daemons" 2>/dev/null; rm -rf "$PGPS_TEST_SHARED"' INT TERM
 
 "$PY" -m pytest -q --timeout=1500 --durations=25 -m "not docker and not slurm and not beside_daemons and not exact" "$@"
