@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pgps.paths import TRAINERS_DIR
-from repo_copy import once
+from repo_copy import once, private_copy
 
 BIN = Path(sys.executable).parent
 DATASET_ID = 901
@@ -71,8 +71,7 @@ def reduced_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.rmtree(root, ignore_errors=True)  # a half-made one of an earlier failure
     shared = os.environ.get("PGPS_TEST_SHARED")
     if shared:
-        made = once(Path(shared), "reduced-task", _make_reduced)
-        subprocess.run(["cp", "-a", str(made), str(root)], check=True)
+        private_copy(once(Path(shared), "reduced-task", _make_reduced), root)
     else:
         _make_reduced(root)
     done.touch()
